@@ -1,0 +1,1 @@
+//! autoheal's decision engine (placeholder, being written).
