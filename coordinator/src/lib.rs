@@ -1,1 +1,13 @@
-//! placeholder
+//! autoheal's coordinator: the fleet view fed by agent streams, the operator API, and (in
+//! `autohealctl`) the client and development PKI.
+//!
+//! I/O lives at the edges: `grpc` is the only module that knows wire types; the decision engine
+//! lives in the pure `autoheal-policy` crate. This crate must not be depended on by the agent.
+
+pub mod config;
+pub mod ctl;
+pub mod fleet;
+pub mod grpc;
+pub mod pki;
+pub mod report;
+pub mod server;

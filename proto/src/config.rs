@@ -73,8 +73,17 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses a TOML document into `T`, collecting unknown keys (all of them, with their paths) as
 /// errors instead of failing on the first. Syntax and type errors come back as one error with
-/// the position toml reports.
+/// the line toml reports.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
+    let (value, errors) = parse_toml_collecting(text)?;
+    errors.finish(value)
+}
+
+/// Like [`parse_toml`], but hands back the unknown-key errors beside the value, so the caller
+/// can add its own validation errors and report everything at once.
+pub fn parse_toml_collecting<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<(T, ConfigErrors), ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let deserializer = toml::Deserializer::parse(text).map_err(|e| {
         let mut errors = ConfigErrors::default();
@@ -86,10 +95,13 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
         unknown.push(format_path(&path));
     });
     for path in unknown {
-        errors.push(path, "unknown key (check the spelling against the configuration reference)");
+        errors.push(
+            path,
+            "unknown key (check the spelling against the configuration reference)",
+        );
     }
     match value {
-        Ok(value) => errors.finish(value),
+        Ok(value) => Ok((value, errors)),
         Err(e) => {
             let message = e.message().to_owned();
             let location = e

@@ -1,1 +1,410 @@
-fn main() {}
+//! `autohealctl`: watch and steer the fleet, and make a development PKI.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use autoheal_coordinator::{ctl, pki};
+use autoheal_proto::{
+    identity::{Role, TrustDomain},
+    tls::TlsFiles,
+    v1,
+};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Watch and steer an autoheal fleet")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true, env = "AUTOHEAL_OUTPUT")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Conn {
+    /// Coordinator address, host:port.
+    #[arg(long, global = true, env = "AUTOHEAL_ENDPOINT", default_value = "127.0.0.1:7443")]
+    endpoint: String,
+    /// A folder made by `certs init`: uses its ca.pem and operator-admin certificate, unless
+    /// --ca/--cert/--key say otherwise.
+    #[arg(long, global = true, env = "AUTOHEAL_PKI")]
+    pki: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "AUTOHEAL_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) with an /operator/ or /viewer/ SPIFFE ID.
+    #[arg(long, global = true, env = "AUTOHEAL_CERT")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "AUTOHEAL_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fleet summary: instances per ASG, guardrails holding, dry-run or live, paused or not.
+    Status,
+    /// Lists instances.
+    Instances {
+        #[arg(long)]
+        asg: Option<String>,
+        #[arg(long)]
+        az: Option<String>,
+    },
+    /// One instance: services, checks, recent events.
+    Instance { id: String },
+    /// Fleet events; --follow keeps watching.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// The action journal.
+    Actions {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Holds every destructive action fleet-wide (persisted) until `resume`.
+    Pause {
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lifts a pause.
+    Resume {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deregisters an instance from all its target groups.
+    Drain {
+        id: String,
+        #[arg(long, default_value = "operator drain")]
+        reason: String,
+    },
+    /// Would ACTION on instance ID be allowed now, and if not, which guardrail holds it?
+    Whatif { id: String, action: WhatIfAction },
+    /// Development PKI.
+    #[command(subcommand)]
+    Certs(Certs),
+    /// Prints shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum WhatIfAction {
+    Deregister,
+    Replace,
+    RemoteRestart,
+}
+
+#[derive(Subcommand, Debug)]
+enum Certs {
+    /// Writes a CA, a coordinator server certificate, an operator, a viewer and instance certs.
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value = "autoheal.local")]
+        trust_domain: String,
+        /// Extra DNS names or IPs for the coordinator's certificate.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Instance ids to issue agent certificates for.
+        #[arg(long, default_values_t = [pki::DEFAULT_INSTANCE.to_owned()])]
+        instance: Vec<String>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issues one more certificate from DIR's CA.
+    Issue {
+        dir: PathBuf,
+        #[arg(long, group = "who")]
+        instance: Option<String>,
+        #[arg(long, group = "who")]
+        operator: Option<String>,
+        #[arg(long, group = "who")]
+        viewer: Option<String>,
+        /// A new coordinator server certificate, with these extra SANs.
+        #[arg(long, group = "who")]
+        server: bool,
+        #[arg(long)]
+        san: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("autohealctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tls_files(conn: &Conn) -> anyhow::Result<TlsFiles> {
+    let from_pki = |name: &str| conn.pki.as_ref().map(|d| d.join(name));
+    let pick = |explicit: &Option<PathBuf>, default: &str, flag: &str| {
+        explicit
+            .clone()
+            .or_else(|| from_pki(default))
+            .with_context(|| format!("{flag} is required (or --pki DIR / AUTOHEAL_PKI)"))
+    };
+    Ok(TlsFiles {
+        ca: pick(&conn.ca, "ca.pem", "--ca")?,
+        cert: pick(&conn.cert, "operator-admin.pem", "--cert")?,
+        key: pick(&conn.key, "operator-admin-key.pem", "--key")?,
+    })
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Certs(certs) => return run_certs(certs),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "autohealctl", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let files = tls_files(&cli.conn)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let endpoint = cli.conn.endpoint.clone();
+    runtime.block_on(async move {
+        let mut client = ctl::connect(&endpoint, &files)?;
+        match call(&mut client, cli.command, cli.output).await {
+            Ok(code) => Ok(code),
+            Err(status) => {
+                eprintln!("autohealctl: {}", ctl::explain(&status, &endpoint));
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+async fn call(
+    client: &mut ctl::Client,
+    command: Command,
+    output: Output,
+) -> Result<ExitCode, tonic::Status> {
+    let json = output == Output::Json;
+    match command {
+        Command::Status => {
+            let s = client
+                .get_fleet_status(v1::GetFleetStatusRequest {})
+                .await?
+                .into_inner();
+            if json {
+                print_json(&ctl::status_json(&s));
+            } else {
+                print!("{}", ctl::status_table(&s));
+            }
+        }
+        Command::Instances { asg, az } => {
+            let list = client
+                .list_instances(v1::ListInstancesRequest {
+                    asg: asg.unwrap_or_default(),
+                    availability_zone: az.unwrap_or_default(),
+                    state: 0,
+                })
+                .await?
+                .into_inner()
+                .instances;
+            if json {
+                print_json(&ctl::instances_json(&list));
+            } else {
+                print!("{}", ctl::instances_table(&list));
+            }
+        }
+        Command::Instance { id } => {
+            let i = client
+                .get_instance(v1::GetInstanceRequest { instance_id: id })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&ctl::instance_json(&i));
+            } else {
+                print!("{}", ctl::instance_text(&i));
+            }
+        }
+        Command::Events {
+            follow,
+            after,
+            instance,
+        } => {
+            let mut stream = client
+                .watch_events(v1::WatchEventsRequest {
+                    after,
+                    instance_id: instance.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            loop {
+                // Without --follow, print what's in the log and stop once nothing new arrives.
+                let next = if follow {
+                    stream.message().await?
+                } else {
+                    match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message())
+                        .await
+                    {
+                        Ok(m) => m?,
+                        Err(_) => None,
+                    }
+                };
+                let Some(e) = next else { break };
+                if json {
+                    println!("{}", ctl::event_json(&e));
+                } else {
+                    println!("{}", ctl::event_line(&e));
+                }
+            }
+        }
+        Command::Actions { instance } => {
+            let actions = client
+                .list_actions(v1::ListActionsRequest {
+                    instance_id: instance.unwrap_or_default(),
+                    limit: 0,
+                })
+                .await?
+                .into_inner()
+                .actions;
+            if json {
+                print_json(&serde_json::Value::Array(
+                    actions
+                        .iter()
+                        .map(|a| serde_json::json!({"id": a.id, "instance_id": a.instance_id, "kind": a.kind, "status": a.status, "reason": a.reason}))
+                        .collect(),
+                ));
+            } else if actions.is_empty() {
+                println!("no actions recorded");
+            } else {
+                for a in actions {
+                    println!("{} {} {:?} {:?} {}", a.id, a.instance_id, a.kind(), a.status(), a.reason);
+                }
+            }
+        }
+        Command::Pause { reason } => {
+            let p = client.pause(v1::PauseRequest { reason }).await?.into_inner();
+            if json {
+                print_json(&ctl::pause_json(Some(&p)));
+            } else {
+                println!("paused: {}", p.reason);
+            }
+        }
+        Command::Resume { reason } => {
+            let p = client.resume(v1::ResumeRequest { reason }).await?.into_inner();
+            if json {
+                print_json(&ctl::pause_json(Some(&p)));
+            } else {
+                println!("resumed");
+            }
+        }
+        Command::Drain { id, reason } => {
+            let a = client
+                .drain(v1::DrainRequest {
+                    instance_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            println!("{} {:?} {}", a.id, a.status(), a.detail);
+        }
+        Command::Whatif { id, action } => {
+            let action = match action {
+                WhatIfAction::Deregister => v1::ActionKind::Deregister,
+                WhatIfAction::Replace => v1::ActionKind::Replace,
+                WhatIfAction::RemoteRestart => v1::ActionKind::RemoteRestart,
+            };
+            let w = client
+                .what_if(v1::WhatIfRequest {
+                    instance_id: id,
+                    action: action.into(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "allowed": w.allowed,
+                    "explanation": w.explanation,
+                    "held_by": w.held_by.iter().map(|g| serde_json::json!({"name": g.name, "reason": g.reason})).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("{}", w.explanation);
+                for g in &w.held_by {
+                    println!("  {}: {}", g.name, g.reason);
+                }
+            }
+            if !w.allowed {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Certs(_) | Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_certs(certs: Certs) -> anyhow::Result<ExitCode> {
+    let issued = match certs {
+        Certs::Init {
+            dir,
+            trust_domain,
+            san,
+            instance,
+            force,
+        } => {
+            let td = TrustDomain::new(&trust_domain).context("--trust-domain")?;
+            pki::init(&dir, &td, &san, &instance, force)?
+        }
+        Certs::Issue {
+            dir,
+            instance,
+            operator,
+            viewer,
+            server,
+            san,
+        } => {
+            let role = match (instance, operator, viewer) {
+                (Some(id), _, _) => Some(Role::Instance(id)),
+                (_, Some(n), _) => Some(Role::Operator(n)),
+                (_, _, Some(n)) => Some(Role::Viewer(n)),
+                _ => None,
+            };
+            match (role, server) {
+                (Some(role), _) => vec![pki::issue(&dir, role, pki::Validity::default())?],
+                (None, true) => vec![pki::issue_server(&dir, &san)?],
+                (None, false) => anyhow::bail!(
+                    "say what to issue: --instance ID, --operator NAME, --viewer NAME or --server"
+                ),
+            }
+        }
+    };
+    for i in issued {
+        println!("wrote {} and {}", show(&i.cert), show(&i.key));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}

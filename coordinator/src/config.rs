@@ -1,0 +1,251 @@
+//! The coordinator's TOML config: parsed into raw structs, then validated into typed values with
+//! every problem collected and named by its path.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use autoheal_proto::{
+    config::{ConfigErrors, RawTls, parse_toml_collecting},
+    identity::TrustDomain,
+    tls::TlsFiles,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+struct RawConfig {
+    coordinator_id: Option<String>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    trust_domain: Option<String>,
+    dry_run: Option<bool>,
+    state_dir: Option<String>,
+    tls: Option<RawTls>,
+    tls_reload_interval: Option<String>,
+    agents: Option<RawAgents>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawAgents {
+    heartbeat_interval: Option<String>,
+    max_concurrent_handshakes: Option<usize>,
+    handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Names this replica in logs, events and the Welcome message.
+    pub coordinator_id: String,
+    pub listen: SocketAddr,
+    /// The address other replicas redirect agents to (defaults to `listen`).
+    pub advertise: String,
+    pub trust_domain: TrustDomain,
+    /// Shadow mode: decide and record, never act. On by default: acting is opted into.
+    pub dry_run: bool,
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub tls_reload_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_concurrent_handshakes: NonZeroUsize,
+    pub handshake_timeout: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+pub const DEFAULT_TRUST_DOMAIN: &str = "autoheal.local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has errors:\n{errors}")]
+    Invalid { path: PathBuf, errors: ConfigErrors },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|errors| LoadError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })
+    }
+
+    /// Relative paths resolve against `base`, the config file's folder.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
+        let (raw, mut errors): (RawConfig, _) = parse_toml_collecting(text)?;
+
+        let listen_raw = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_raw.parse().unwrap_or_else(|_| {
+            errors.push(
+                "listen",
+                format!("{listen_raw:?} is not an address: use e.g. \"0.0.0.0:7443\" or \"[::]:7443\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 7443))
+        });
+        let trust_domain = TrustDomain::new(
+            raw.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN),
+        )
+        .unwrap_or_else(|e| {
+            errors.push("trust_domain", e.to_string());
+            TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("default trust domain is valid")
+        });
+        let coordinator_id = match raw.coordinator_id {
+            Some(id) if id.trim().is_empty() => {
+                errors.push("coordinator_id", "must not be empty");
+                id
+            }
+            Some(id) => id,
+            None => default_id(),
+        };
+        let tls = match &raw.tls {
+            Some(tls) => tls.resolve(base, "tls", &mut errors),
+            None => {
+                errors.push("tls", "required: [tls] with ca, cert and key (PEM files)");
+                RawTls::default().resolve(base, "tls", &mut ConfigErrors::default())
+            }
+        };
+        let tls_reload_interval = errors.duration(
+            "tls_reload_interval",
+            raw.tls_reload_interval.as_deref(),
+            Duration::from_secs(5),
+        );
+        if tls_reload_interval.is_zero() {
+            errors.push("tls_reload_interval", "must be greater than zero");
+        }
+        let agents = raw.agents.unwrap_or_default();
+        let heartbeat_interval = errors.duration(
+            "agents.heartbeat_interval",
+            agents.heartbeat_interval.as_deref(),
+            Duration::from_secs(5),
+        );
+        if heartbeat_interval < Duration::from_millis(100) {
+            errors.push("agents.heartbeat_interval", "must be at least 100ms");
+        }
+        let handshake_timeout = errors.duration(
+            "agents.handshake_timeout",
+            agents.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if handshake_timeout.is_zero() {
+            errors.push("agents.handshake_timeout", "must be greater than zero");
+        }
+        let max_concurrent_handshakes = NonZeroUsize::new(
+            agents.max_concurrent_handshakes.unwrap_or(256),
+        )
+        .unwrap_or_else(|| {
+            errors.push("agents.max_concurrent_handshakes", "must be at least 1");
+            NonZeroUsize::MIN
+        });
+        let state_dir = base.join(raw.state_dir.as_deref().unwrap_or("state"));
+        let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
+
+        errors.finish(Config {
+            coordinator_id,
+            listen,
+            advertise,
+            trust_domain,
+            dry_run: raw.dry_run.unwrap_or(true),
+            state_dir,
+            tls,
+            tls_reload_interval,
+            heartbeat_interval,
+            max_concurrent_handshakes,
+            handshake_timeout,
+        })
+    }
+
+    /// Problems that need the filesystem: unreadable or unusable certificate files.
+    pub fn check_files(&self) -> ConfigErrors {
+        let mut errors = ConfigErrors::default();
+        match self.tls.load() {
+            Err(e) => errors.push("tls", autoheal_proto::tls::DisplayChain(&e).to_string()),
+            Ok(material) => {
+                if let Err(e) = autoheal_proto::tls::server_config(material, &self.trust_domain) {
+                    errors.push("tls", autoheal_proto::tls::DisplayChain(&e).to_string());
+                }
+            }
+        }
+        errors
+    }
+}
+
+fn default_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        listen = "127.0.0.1:0"
+        [tls]
+        ca = "pki/ca.pem"
+        cert = "pki/coordinator.pem"
+        key = "pki/coordinator-key.pem"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = Config::from_toml(GOOD, Path::new("/etc/autoheal")).expect("valid");
+        assert!(c.dry_run, "acting on AWS must be opted into");
+        assert_eq!(c.tls.ca, Path::new("/etc/autoheal/pki/ca.pem"));
+        assert_eq!(c.state_dir, Path::new("/etc/autoheal/state"));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.trust_domain.as_str(), "autoheal.local");
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let text = r#"
+            listen = "nowhere"
+            trust_domain = "Not Valid"
+            tls_reload_interval = "soon"
+            typo = 1
+            [tls]
+            ca = "ca.pem"
+            [agents]
+            heartbeat_interval = "1ms"
+            max_concurrent_handshakes = 0
+        "#;
+        let errors = Config::from_toml(text, Path::new(".")).expect_err("invalid");
+        let mut paths: Vec<_> = errors.errors.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "agents.heartbeat_interval",
+                "agents.max_concurrent_handshakes",
+                "listen",
+                "tls.cert",
+                "tls.key",
+                "tls_reload_interval",
+                "trust_domain",
+                "typo",
+            ],
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{GOOD}\n[agents]\nheartbeat = \"5s\"\n");
+        let errors = Config::from_toml(&text, Path::new(".")).expect_err("unknown key");
+        assert_eq!(errors.errors[0].path, "agents.heartbeat");
+    }
+}

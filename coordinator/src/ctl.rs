@@ -1,0 +1,288 @@
+//! `autohealctl`'s client side: connecting with an operator or viewer certificate, calling the
+//! fleet API, and printing results as tables for people or JSON for scripts.
+
+use std::{sync::Arc, time::Duration};
+
+use autoheal_proto::{
+    MAX_MESSAGE_BYTES,
+    tls::{self, TlsFiles},
+    v1::{self, fleet_service_client::FleetServiceClient},
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+pub type Client = FleetServiceClient<Channel>;
+
+/// Opens a lazy mTLS channel to the coordinator's fleet API.
+pub fn connect(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    let material = files
+        .load()
+        .with_context(|| format!("cannot load the client certificate {}", files.cert.display()))?;
+    let config = tls::client_config(material).context("cannot build the TLS client")?;
+    let channel = tls::channel(endpoint, Arc::new(config), Duration::from_secs(5))?;
+    Ok(FleetServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// One line that says what went wrong, in the words an operator searches for.
+pub fn explain(status: &tonic::Status, endpoint: &str) -> String {
+    let mut chain = String::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = chain.to_lowercase();
+    match status.code() {
+        tonic::Code::PermissionDenied => format!("permission denied: {}", status.message()),
+        tonic::Code::Unauthenticated => format!("not authenticated: {}", status.message()),
+        tonic::Code::Unavailable if lower.contains("invalid peer certificate") => {
+            format!("server certificate not trusted by our CA ({endpoint}){chain}")
+        }
+        tonic::Code::Unavailable
+            if lower.contains("alert") || lower.contains("certificate") =>
+        {
+            format!("certificate refused by the coordinator at {endpoint}{chain}")
+        }
+        tonic::Code::Unavailable => format!("cannot connect to {endpoint}{chain}"),
+        code => format!("{code:?}: {}{chain}", status.message()),
+    }
+}
+
+fn time(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| {
+        time::OffsetDateTime::from_unix_timestamp(t.seconds).ok().map(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        })
+    })
+    .unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn instance_state(raw: i32) -> &'static str {
+    match v1::InstanceState::try_from(raw).unwrap_or_default() {
+        v1::InstanceState::Unspecified => "-",
+        v1::InstanceState::Healthy => "healthy",
+        v1::InstanceState::Degraded => "degraded",
+        v1::InstanceState::Escalated => "escalated",
+        v1::InstanceState::Silent => "silent",
+        v1::InstanceState::Remediating => "remediating",
+        v1::InstanceState::Unknown => "unknown",
+    }
+}
+
+pub fn service_state(raw: i32) -> &'static str {
+    match v1::ServiceState::try_from(raw).unwrap_or_default() {
+        v1::ServiceState::Unspecified => "-",
+        v1::ServiceState::Starting => "starting",
+        v1::ServiceState::Healthy => "healthy",
+        v1::ServiceState::Unhealthy => "unhealthy",
+        v1::ServiceState::Restarting => "restarting",
+        v1::ServiceState::Flapping => "flapping",
+        v1::ServiceState::WaitingOnDependency => "waiting-on-dependency",
+        v1::ServiceState::Escalated => "escalated",
+    }
+}
+
+pub fn pause_json(p: Option<&v1::PauseState>) -> Value {
+    match p {
+        Some(p) => json!({"paused": p.paused, "reason": p.reason, "by": p.by, "since": time(p.since.as_ref())}),
+        None => json!({"paused": false}),
+    }
+}
+
+pub fn status_json(s: &v1::FleetStatus) -> Value {
+    json!({
+        "coordinator_id": s.coordinator_id,
+        "leader": s.leader,
+        "dry_run": s.dry_run,
+        "pause": pause_json(s.pause.as_ref()),
+        "instances": s.instances,
+        "connected": s.connected,
+        "groups": s.groups.iter().map(|g| json!({
+            "name": g.name, "instances": g.instances, "connected": g.connected,
+            "healthy": g.healthy, "unhealthy": g.unhealthy, "silent": g.silent,
+            "remediating": g.remediating,
+            "guardrails": g.guardrails.iter().map(|r| json!({"name": r.name, "reason": r.reason})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn status_table(s: &v1::FleetStatus) -> String {
+    let mut out = String::new();
+    let mode = if s.dry_run { "dry-run (records, never acts)" } else { "live" };
+    out.push_str(&format!(
+        "coordinator {} ({}), mode: {mode}\n",
+        s.coordinator_id,
+        if s.leader { "leader" } else { "follower" }
+    ));
+    match &s.pause {
+        Some(p) if p.paused => out.push_str(&format!(
+            "PAUSED by {} since {}: {}\n",
+            p.by,
+            time(p.since.as_ref()),
+            p.reason
+        )),
+        _ => out.push_str("not paused\n"),
+    }
+    out.push_str(&format!("{} instances, {} connected\n", s.instances, s.connected));
+    if !s.groups.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .groups
+            .iter()
+            .map(|g| {
+                vec![
+                    if g.name.is_empty() { "(no asg)".into() } else { g.name.clone() },
+                    g.instances.to_string(),
+                    g.connected.to_string(),
+                    g.healthy.to_string(),
+                    g.unhealthy.to_string(),
+                    g.silent.to_string(),
+                    g.remediating.to_string(),
+                    g.guardrails.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["ASG", "INSTANCES", "CONNECTED", "HEALTHY", "UNHEALTHY", "SILENT", "REMEDIATING", "HOLDING"],
+            &rows,
+        ));
+        for g in &s.groups {
+            for r in &g.guardrails {
+                out.push_str(&format!("  {}: {}\n", r.name, r.reason));
+            }
+        }
+    }
+    out
+}
+
+pub fn instances_json(list: &[v1::InstanceSummary]) -> Value {
+    Value::Array(list.iter().map(summary_json).collect())
+}
+
+pub fn summary_json(i: &v1::InstanceSummary) -> Value {
+    json!({
+        "instance_id": i.instance_id, "asg": i.asg, "availability_zone": i.availability_zone,
+        "state": instance_state(i.state), "connected": i.connected,
+        "last_heartbeat": time(i.last_heartbeat.as_ref()), "agent_version": i.agent_version,
+        "failing_dependencies": i.failing_dependencies,
+    })
+}
+
+pub fn instances_table(list: &[v1::InstanceSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.instance_id.clone(),
+                if i.asg.is_empty() { "-".into() } else { i.asg.clone() },
+                i.availability_zone.clone(),
+                instance_state(i.state).into(),
+                if i.connected { "yes".into() } else { "no".into() },
+                time(i.last_heartbeat.as_ref()),
+                i.failing_dependencies.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["INSTANCE", "ASG", "AZ", "STATE", "CONNECTED", "LAST HEARTBEAT", "FAILING DEPENDENCIES"],
+        &rows,
+    )
+}
+
+pub fn instance_json(i: &v1::Instance) -> Value {
+    json!({
+        "summary": i.summary.as_ref().map(summary_json),
+        "services": i.services.iter().map(|s| json!({"name": s.name, "state": service_state(s.state)})).collect::<Vec<_>>(),
+        "recent_events": i.recent_events.iter().map(event_json).collect::<Vec<_>>(),
+        "dropped_events": i.dropped_events,
+        "skipped": i.skipped,
+    })
+}
+
+pub fn instance_text(i: &v1::Instance) -> String {
+    let mut out = String::new();
+    if let Some(s) = &i.summary {
+        out.push_str(&instances_table(std::slice::from_ref(s)));
+    }
+    out.push_str("\nSERVICES\n");
+    let rows: Vec<Vec<String>> = i
+        .services
+        .iter()
+        .map(|s| vec![s.name.clone(), service_state(s.state).into()])
+        .collect();
+    out.push_str(&table(&["SERVICE", "STATE"], &rows));
+    out.push_str("\nRECENT EVENTS\n");
+    for e in &i.recent_events {
+        out.push_str(&event_line(e));
+        out.push('\n');
+    }
+    if i.dropped_events > 0 {
+        out.push_str(&format!("(agent dropped {} events)\n", i.dropped_events));
+    }
+    out
+}
+
+pub fn event_json(e: &v1::FleetEvent) -> Value {
+    json!({"cursor": e.cursor, "at": time(e.at.as_ref()), "instance_id": e.instance_id, "asg": e.asg, "kind": e.kind, "message": e.message})
+}
+
+pub fn event_line(e: &v1::FleetEvent) -> String {
+    format!(
+        "{:>6} {} {:<20} {:<22} {}",
+        e.cursor,
+        time(e.at.as_ref()),
+        if e.instance_id.is_empty() { "-" } else { &e.instance_id },
+        e.kind,
+        e.message
+    )
+}
+
+/// Columns padded to the widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["A", "LONGER"],
+            &[vec!["wide-cell".into(), "x".into()], vec!["y".into(), "z".into()]],
+        );
+        let lines: Vec<_> = t.lines().collect();
+        assert_eq!(lines[0], "A          LONGER");
+        assert_eq!(lines[1], "wide-cell  x");
+        assert_eq!(lines[2], "y          z");
+    }
+}

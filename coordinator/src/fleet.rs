@@ -1,0 +1,560 @@
+//! The coordinator's live view of the fleet, fed by agent streams (and, later, by the AWS
+//! inventory loop), read by the operator API. Heartbeats stay in memory; state changes become
+//! fleet events that operators can watch and resume from a cursor.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{Event, EventKind, Heartbeat, Hello, ServiceSpec, ServiceState};
+
+/// How many fleet events are kept for `WatchEvents` resumption and `GetInstance`.
+const EVENT_LOG: usize = 10_000;
+/// How many recent event seqs per agent epoch are remembered across reconnects.
+const RECENT_PER_INSTANCE: usize = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetEvent {
+    pub cursor: u64,
+    pub at: SystemTime,
+    pub instance_id: String,
+    pub asg: String,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseState {
+    pub paused: bool,
+    pub reason: String,
+    pub by: String,
+    pub since: Option<SystemTime>,
+}
+
+/// The agent side of one instance.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub connected: bool,
+    pub agent_version: String,
+    pub epoch: u64,
+    /// Highest event seq of `epoch` that the coordinator holds.
+    pub acked_seq: u64,
+    pub connected_at: SystemTime,
+    pub last_heartbeat: Option<SystemTime>,
+    pub last_seen: SystemTime,
+    pub declared: Vec<ServiceSpec>,
+    pub services: BTreeMap<String, ServiceState>,
+    pub failing_dependencies: BTreeSet<String>,
+    pub escalations: Vec<Escalation>,
+    pub dropped_events: u64,
+    pub healing_paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub service: String,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub availability_zone: String,
+    /// Auto Scaling group, once the inventory loop knows it.
+    pub asg: Option<String>,
+    pub agent: Option<AgentView>,
+    pub recent_events: VecDeque<FleetEvent>,
+    pub skipped: bool,
+    session: u64,
+    session_cancel: Option<CancellationToken>,
+}
+
+/// A connected agent stream, as the registry knows it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: u64,
+    pub instance_id: String,
+    pub epoch: u64,
+    /// Ends when a newer stream for the same instance replaces this one.
+    pub superseded: CancellationToken,
+}
+
+/// What the registry made of an event; the stream acks `acked_seq` either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New { acked_seq: u64 },
+    /// Already held (a replay after reconnect): not recorded twice.
+    Duplicate { acked_seq: u64 },
+    /// A newer stream for this instance took over; this one should end.
+    Superseded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstanceFilter {
+    pub asg: Option<String>,
+    pub availability_zone: Option<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    instances: BTreeMap<String, InstanceRecord>,
+    log: VecDeque<FleetEvent>,
+    next_cursor: u64,
+    next_session: u64,
+    pause: PauseState,
+}
+
+/// The fleet registry. Cheap to clone; all clones share one state.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<FleetEvent>,
+    pause_file: Option<PathBuf>,
+    pub coordinator_id: Arc<str>,
+    pub dry_run: bool,
+}
+
+impl Fleet {
+    /// `state_dir` holds what must survive a restart (the global pause); `None` keeps it in memory.
+    pub fn new(coordinator_id: &str, dry_run: bool, state_dir: Option<PathBuf>) -> std::io::Result<Self> {
+        let pause_file = state_dir.map(|d| d.join("pause.json"));
+        let pause = match &pause_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => PauseState::default(),
+                Err(e) => return Err(e),
+            },
+            None => PauseState::default(),
+        };
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            state: Arc::new(Mutex::new(State {
+                instances: BTreeMap::new(),
+                log: VecDeque::new(),
+                next_cursor: 1,
+                next_session: 1,
+                pause,
+            })),
+            events,
+            pause_file,
+            coordinator_id: coordinator_id.into(),
+            dry_run,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new agent stream. Returns the session and the highest seq already held for the
+    /// agent's epoch (0 for a new epoch), for the Welcome.
+    pub fn agent_connected(&self, hello: &Hello) -> (Session, u64) {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let id = state.next_session;
+        state.next_session += 1;
+        let superseded = CancellationToken::new();
+        let record = state
+            .instances
+            .entry(hello.instance_id.clone())
+            .or_insert_with(|| InstanceRecord {
+                instance_id: hello.instance_id.clone(),
+                availability_zone: hello.availability_zone.clone(),
+                asg: None,
+                agent: None,
+                recent_events: VecDeque::new(),
+                skipped: false,
+                session: 0,
+                session_cancel: None,
+            });
+        if let Some(old) = record.session_cancel.replace(superseded.clone()) {
+            old.cancel();
+        }
+        record.session = id;
+        record.availability_zone = hello.availability_zone.clone();
+        let previous = record.agent.take();
+        let acked_seq = previous
+            .as_ref()
+            .filter(|a| a.epoch == hello.epoch)
+            .map_or(0, |a| a.acked_seq);
+        let restarted = previous.as_ref().is_some_and(|a| a.epoch != hello.epoch);
+        let mut agent = AgentView {
+            connected: true,
+            agent_version: hello.agent_version.clone(),
+            epoch: hello.epoch,
+            acked_seq,
+            connected_at: now,
+            last_heartbeat: None,
+            last_seen: now,
+            declared: hello.services.clone(),
+            services: BTreeMap::new(),
+            failing_dependencies: BTreeSet::new(),
+            escalations: Vec::new(),
+            dropped_events: 0,
+            healing_paused: hello.healing_paused,
+        };
+        if let Some(prev) = previous.filter(|a| a.epoch == hello.epoch) {
+            // Same agent process reconnecting: what it told us still holds.
+            agent.services = prev.services;
+            agent.failing_dependencies = prev.failing_dependencies;
+            agent.escalations = prev.escalations;
+            agent.dropped_events = prev.dropped_events;
+        }
+        record.agent = Some(agent);
+        let message = format!(
+            "agent {} connected (epoch {:x}{})",
+            hello.agent_version,
+            hello.epoch,
+            if restarted { ", agent restarted" } else { "" }
+        );
+        let instance = hello.instance_id.clone();
+        push_event(&mut state, &self.events, &instance, "agent-connected", message);
+        (
+            Session {
+                id,
+                instance_id: hello.instance_id.clone(),
+                epoch: hello.epoch,
+                superseded,
+            },
+            acked_seq,
+        )
+    }
+
+    pub fn agent_disconnected(&self, session: &Session, why: &str) {
+        let mut state = self.lock();
+        let Some(record) = state.instances.get_mut(&session.instance_id) else {
+            return;
+        };
+        if record.session != session.id {
+            return;
+        }
+        record.session_cancel = None;
+        if let Some(agent) = record.agent.as_mut() {
+            agent.connected = false;
+        }
+        push_event(
+            &mut state,
+            &self.events,
+            &session.instance_id,
+            "agent-disconnected",
+            format!("agent stream ended: {why}"),
+        );
+    }
+
+    /// Returns the seq to ack, or `None` if the session was superseded.
+    pub fn heartbeat(&self, session: &Session, heartbeat: &Heartbeat) -> Option<u64> {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let agent = current_agent(&mut state, session)?;
+        agent.last_heartbeat = Some(now);
+        agent.last_seen = now;
+        agent.dropped_events = heartbeat.dropped_events;
+        for (name, service_state) in &heartbeat.services {
+            agent.services.insert(name.clone(), *service_state);
+        }
+        Some(agent.acked_seq)
+    }
+
+    pub fn event(&self, session: &Session, event: &Event) -> Recorded {
+        let mut state = self.lock();
+        let Some(agent) = current_agent(&mut state, session) else {
+            return Recorded::Superseded;
+        };
+        agent.last_seen = SystemTime::now();
+        if event.seq <= agent.acked_seq {
+            return Recorded::Duplicate {
+                acked_seq: agent.acked_seq,
+            };
+        }
+        let gap = (event.seq > agent.acked_seq + 1).then(|| (agent.acked_seq + 1, event.seq - 1));
+        agent.acked_seq = event.seq;
+        match &event.kind {
+            EventKind::ServiceStateChanged { service, to, .. } => {
+                agent.services.insert(service.clone(), *to);
+            }
+            EventKind::Escalated { service, reason, .. } => {
+                agent.services.insert(service.clone(), ServiceState::Escalated);
+                agent.escalations.push(Escalation {
+                    service: service.clone(),
+                    reason: reason.clone(),
+                    at: event.at,
+                });
+            }
+            EventKind::DependencyChanged {
+                dependency,
+                failing,
+                ..
+            } => {
+                if *failing {
+                    agent.failing_dependencies.insert(dependency.clone());
+                } else {
+                    agent.failing_dependencies.remove(dependency);
+                }
+            }
+            _ => {}
+        }
+        let acked_seq = agent.acked_seq;
+        if let Some((first, last)) = gap {
+            push_event(
+                &mut state,
+                &self.events,
+                &session.instance_id,
+                "events-missing",
+                format!("events {first}..={last} never arrived"),
+            );
+        }
+        push_event(
+            &mut state,
+            &self.events,
+            &session.instance_id,
+            event.kind.name(),
+            event.kind.describe(),
+        );
+        Recorded::New { acked_seq }
+    }
+
+    pub fn instances(&self, filter: &InstanceFilter) -> Vec<InstanceRecord> {
+        let state = self.lock();
+        state
+            .instances
+            .values()
+            .filter(|r| {
+                filter
+                    .asg
+                    .as_ref()
+                    .is_none_or(|asg| r.asg.as_deref() == Some(asg.as_str()))
+                    && filter
+                        .availability_zone
+                        .as_ref()
+                        .is_none_or(|az| &r.availability_zone == az)
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn instance(&self, id: &str) -> Option<InstanceRecord> {
+        self.lock().instances.get(id).cloned()
+    }
+
+    pub fn pause_state(&self) -> PauseState {
+        self.lock().pause.clone()
+    }
+
+    /// Sets the global pause and persists it before answering, so a restart keeps it.
+    pub fn set_paused(&self, paused: bool, reason: &str, by: &str) -> std::io::Result<PauseState> {
+        let mut state = self.lock();
+        let new = PauseState {
+            paused,
+            reason: reason.to_owned(),
+            by: by.to_owned(),
+            since: Some(SystemTime::now()),
+        };
+        if let Some(path) = &self.pause_file {
+            write_atomically(path, &serde_json::to_vec_pretty(&new).map_err(std::io::Error::other)?)?;
+        }
+        state.pause = new.clone();
+        let message = if paused {
+            format!("fleet paused by {by}: {reason}")
+        } else {
+            format!("fleet resumed by {by}: {reason}")
+        };
+        push_event(
+            &mut state,
+            &self.events,
+            "",
+            if paused { "paused" } else { "resumed" },
+            message,
+        );
+        Ok(new)
+    }
+
+    /// Events after `cursor` still in the log, and a receiver for the ones to come. Subscribing
+    /// under the lock means nothing falls between the two.
+    pub fn subscribe(&self, after: u64) -> (Vec<FleetEvent>, broadcast::Receiver<FleetEvent>) {
+        let state = self.lock();
+        let receiver = self.events.subscribe();
+        let backlog = state
+            .log
+            .iter()
+            .filter(|e| e.cursor > after)
+            .cloned()
+            .collect();
+        (backlog, receiver)
+    }
+}
+
+fn current_agent<'a>(state: &'a mut State, session: &Session) -> Option<&'a mut AgentView> {
+    state
+        .instances
+        .get_mut(&session.instance_id)
+        .filter(|r| r.session == session.id)
+        .and_then(|r| r.agent.as_mut())
+}
+
+fn push_event(
+    state: &mut State,
+    events: &broadcast::Sender<FleetEvent>,
+    instance_id: &str,
+    kind: &str,
+    message: String,
+) {
+    let cursor = state.next_cursor;
+    state.next_cursor += 1;
+    let asg = state
+        .instances
+        .get(instance_id)
+        .and_then(|r| r.asg.clone())
+        .unwrap_or_default();
+    let event = FleetEvent {
+        cursor,
+        at: SystemTime::now(),
+        instance_id: instance_id.to_owned(),
+        asg,
+        kind: kind.to_owned(),
+        message,
+    };
+    tracing::info!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+    if let Some(record) = state.instances.get_mut(instance_id) {
+        if record.recent_events.len() == RECENT_PER_INSTANCE {
+            record.recent_events.pop_front();
+        }
+        record.recent_events.push_back(event.clone());
+    }
+    if state.log.len() == EVENT_LOG {
+        state.log.pop_front();
+    }
+    state.log.push_back(event.clone());
+    // No receivers is fine: nobody is watching.
+    let _ = events.send(event);
+}
+
+/// Write to a temporary file, fsync, rename over: a crash leaves the old or the new file.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::report::CheckStatus;
+
+    fn hello(epoch: u64) -> Hello {
+        Hello {
+            instance_id: "i-1".into(),
+            availability_zone: "az-a".into(),
+            agent_version: "0.1.0".into(),
+            epoch,
+            last_seq: 0,
+            services: vec![],
+            healing_paused: false,
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            at: SystemTime::now(),
+            kind: EventKind::CheckChanged {
+                service: "web".into(),
+                check: "http".into(),
+                status: CheckStatus::Unhealthy,
+                detail: "HTTP 503".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn replayed_events_are_recorded_once() {
+        let fleet = Fleet::new("c", true, None).expect("fleet");
+        let (session, acked) = fleet.agent_connected(&hello(9));
+        assert_eq!(acked, 0);
+        assert_eq!(fleet.event(&session, &event(1)), Recorded::New { acked_seq: 1 });
+        assert_eq!(fleet.event(&session, &event(2)), Recorded::New { acked_seq: 2 });
+        fleet.agent_disconnected(&session, "test");
+        // Same epoch reconnects and replays 2 and 3: 2 is a duplicate.
+        let (session, acked) = fleet.agent_connected(&hello(9));
+        assert_eq!(acked, 2);
+        assert_eq!(fleet.event(&session, &event(2)), Recorded::Duplicate { acked_seq: 2 });
+        assert_eq!(fleet.event(&session, &event(3)), Recorded::New { acked_seq: 3 });
+        let checks = fleet
+            .instance("i-1")
+            .expect("known")
+            .recent_events
+            .iter()
+            .filter(|e| e.kind == "check-changed")
+            .count();
+        assert_eq!(checks, 3);
+        // A restarted agent (new epoch) starts over.
+        let (_, acked) = fleet.agent_connected(&hello(10));
+        assert_eq!(acked, 0);
+    }
+
+    #[test]
+    fn a_newer_stream_supersedes_the_old_one() {
+        let fleet = Fleet::new("c", true, None).expect("fleet");
+        let (old, _) = fleet.agent_connected(&hello(1));
+        let (new, _) = fleet.agent_connected(&hello(1));
+        assert!(old.superseded.is_cancelled());
+        assert_eq!(fleet.event(&old, &event(1)), Recorded::Superseded);
+        assert_eq!(fleet.event(&new, &event(1)), Recorded::New { acked_seq: 1 });
+        // The old stream ending must not mark the instance disconnected.
+        fleet.agent_disconnected(&old, "superseded");
+        assert!(fleet.instance("i-1").and_then(|r| r.agent).is_some_and(|a| a.connected));
+    }
+
+    #[test]
+    fn pause_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = Fleet::new("c", true, Some(dir.path().to_owned())).expect("fleet");
+        fleet.set_paused(true, "maintenance", "spiffe://td/operator/alice").expect("persist");
+        let again = Fleet::new("c", true, Some(dir.path().to_owned())).expect("reopen");
+        let pause = again.pause_state();
+        assert!(pause.paused);
+        assert_eq!(pause.reason, "maintenance");
+        assert_eq!(pause.by, "spiffe://td/operator/alice");
+    }
+
+    #[tokio::test]
+    async fn watchers_resume_from_a_cursor_without_gaps() {
+        let fleet = Fleet::new("c", true, None).expect("fleet");
+        let (session, _) = fleet.agent_connected(&hello(1));
+        fleet.event(&session, &event(1));
+        let (backlog, mut live) = fleet.subscribe(1);
+        assert_eq!(backlog.len(), 1, "only events after cursor 1");
+        assert_eq!(backlog[0].cursor, 2);
+        fleet.event(&session, &event(2));
+        let next = tokio::time::timeout(Duration::from_secs(5), live.recv())
+            .await
+            .expect("in time")
+            .expect("event");
+        assert_eq!(next.cursor, 3);
+    }
+}

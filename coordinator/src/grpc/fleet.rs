@@ -1,0 +1,363 @@
+//! `FleetService`: what operators and viewers see and steer. Role checks happened in `authz`;
+//! here we only need the caller's identity to record who paused or drained.
+
+use std::{collections::BTreeMap, pin::Pin, time::SystemTime};
+
+use autoheal_proto::v1::{self, fleet_service_server::FleetService};
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{PeerInfo, convert::service_state_to_wire};
+use crate::{
+    fleet::{Fleet, FleetEvent, InstanceFilter, InstanceRecord, PauseState},
+    report::ServiceState,
+};
+
+#[derive(Debug, Clone)]
+pub struct FleetApi {
+    pub fleet: Fleet,
+    pub shutdown: CancellationToken,
+}
+
+fn caller<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.identity.to_string())
+        .unwrap_or_default()
+}
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    t.into()
+}
+
+fn pause_to_wire(p: PauseState) -> v1::PauseState {
+    v1::PauseState {
+        paused: p.paused,
+        reason: p.reason,
+        by: p.by,
+        since: p.since.map(ts),
+    }
+}
+
+fn event_to_wire(e: FleetEvent) -> v1::FleetEvent {
+    v1::FleetEvent {
+        cursor: e.cursor,
+        at: Some(ts(e.at)),
+        instance_id: e.instance_id,
+        asg: e.asg,
+        kind: e.kind,
+        message: e.message,
+    }
+}
+
+/// One word for an instance's overall state, from what its agent says.
+fn instance_state(r: &InstanceRecord) -> v1::InstanceState {
+    let Some(agent) = &r.agent else {
+        return v1::InstanceState::Unknown;
+    };
+    if !agent.connected {
+        return v1::InstanceState::Silent;
+    }
+    if agent
+        .services
+        .values()
+        .any(|s| *s == ServiceState::Escalated)
+    {
+        return v1::InstanceState::Escalated;
+    }
+    if agent
+        .services
+        .values()
+        .any(|s| !matches!(s, ServiceState::Healthy | ServiceState::Starting))
+    {
+        return v1::InstanceState::Degraded;
+    }
+    v1::InstanceState::Healthy
+}
+
+fn summary(r: &InstanceRecord) -> v1::InstanceSummary {
+    v1::InstanceSummary {
+        instance_id: r.instance_id.clone(),
+        asg: r.asg.clone().unwrap_or_default(),
+        availability_zone: r.availability_zone.clone(),
+        state: instance_state(r).into(),
+        connected: r.agent.as_ref().is_some_and(|a| a.connected),
+        last_heartbeat: r.agent.as_ref().and_then(|a| a.last_heartbeat).map(ts),
+        agent_version: r
+            .agent
+            .as_ref()
+            .map(|a| a.agent_version.clone())
+            .unwrap_or_default(),
+        failing_dependencies: r
+            .agent
+            .as_ref()
+            .map(|a| a.failing_dependencies.iter().cloned().collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn fleet_guardrails(fleet: &Fleet) -> Vec<v1::Guardrail> {
+    let mut held = Vec::new();
+    let pause = fleet.pause_state();
+    if pause.paused {
+        held.push(v1::Guardrail {
+            name: "paused".into(),
+            reason: format!("fleet paused by {}: {}", pause.by, pause.reason),
+        });
+    }
+    if fleet.dry_run {
+        held.push(v1::Guardrail {
+            name: "dry-run".into(),
+            reason: "coordinator runs in dry-run mode: decisions are recorded, not acted on".into(),
+        });
+    }
+    held
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::FleetEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FleetService for FleetApi {
+    type WatchEventsStream = EventStream;
+
+    async fn get_fleet_status(
+        &self,
+        _request: Request<v1::GetFleetStatusRequest>,
+    ) -> Result<Response<v1::FleetStatus>, Status> {
+        let instances = self.fleet.instances(&InstanceFilter::default());
+        let mut groups: BTreeMap<String, v1::GroupStatus> = BTreeMap::new();
+        for r in &instances {
+            let name = r.asg.clone().unwrap_or_default();
+            let g = groups.entry(name.clone()).or_insert_with(|| v1::GroupStatus {
+                name,
+                guardrails: fleet_guardrails(&self.fleet),
+                ..Default::default()
+            });
+            g.instances += 1;
+            match instance_state(r) {
+                v1::InstanceState::Healthy => g.healthy += 1,
+                v1::InstanceState::Silent | v1::InstanceState::Unknown => g.silent += 1,
+                v1::InstanceState::Remediating => g.remediating += 1,
+                _ => g.unhealthy += 1,
+            }
+            if r.agent.as_ref().is_some_and(|a| a.connected) {
+                g.connected += 1;
+            }
+        }
+        let connected = groups.values().map(|g| g.connected).sum();
+        Ok(Response::new(v1::FleetStatus {
+            pause: Some(pause_to_wire(self.fleet.pause_state())),
+            dry_run: self.fleet.dry_run,
+            leader: true,
+            coordinator_id: self.fleet.coordinator_id.to_string(),
+            instances: u32::try_from(instances.len()).unwrap_or(u32::MAX),
+            connected,
+            groups: groups.into_values().collect(),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<v1::ListInstancesRequest>,
+    ) -> Result<Response<v1::ListInstancesResponse>, Status> {
+        let req = request.into_inner();
+        let state = v1::InstanceState::try_from(req.state).map_err(|_| {
+            Status::invalid_argument(format!("state: unknown instance state {}", req.state))
+        })?;
+        let filter = InstanceFilter {
+            asg: (!req.asg.is_empty()).then_some(req.asg),
+            availability_zone: (!req.availability_zone.is_empty())
+                .then_some(req.availability_zone),
+        };
+        let instances = self
+            .fleet
+            .instances(&filter)
+            .iter()
+            .map(summary)
+            .filter(|s| state == v1::InstanceState::Unspecified || s.state == i32::from(state))
+            .collect();
+        Ok(Response::new(v1::ListInstancesResponse { instances }))
+    }
+
+    async fn get_instance(
+        &self,
+        request: Request<v1::GetInstanceRequest>,
+    ) -> Result<Response<v1::Instance>, Status> {
+        let id = request.into_inner().instance_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("instance_id: required"));
+        }
+        let r = self
+            .fleet
+            .instance(&id)
+            .ok_or_else(|| Status::not_found(format!("instance {id} is not known to this coordinator")))?;
+        let agent = r.agent.as_ref();
+        Ok(Response::new(v1::Instance {
+            summary: Some(summary(&r)),
+            services: agent
+                .map(|a| {
+                    a.services
+                        .iter()
+                        .map(|(name, state)| v1::ServiceStatus {
+                            name: name.clone(),
+                            state: service_state_to_wire(*state).into(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            declared: agent
+                .map(|a| {
+                    a.declared
+                        .iter()
+                        .map(|s| v1::ServiceSpec {
+                            name: s.name.clone(),
+                            unit: s.unit.clone().unwrap_or_default(),
+                            depends_on: s.depends_on.clone(),
+                            checks: s
+                                .checks
+                                .iter()
+                                .map(|c| v1::CheckSpec {
+                                    name: c.name.clone(),
+                                    kind: c.kind.clone(),
+                                    dependency: c.dependency.clone().unwrap_or_default(),
+                                    interval: prost_types::Duration::try_from(c.interval).ok(),
+                                })
+                                .collect(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            recent_events: r.recent_events.iter().cloned().map(event_to_wire).collect(),
+            targets: vec![],
+            asg: None,
+            actions: vec![],
+            dropped_events: agent.map_or(0, |a| a.dropped_events),
+            skipped: r.skipped,
+        }))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let req = request.into_inner();
+        let (backlog, live) = self.fleet.subscribe(req.after);
+        let mut last = req.after;
+        let instance = req.instance_id;
+        let shutdown = self.shutdown.clone();
+        let backlog = tokio_stream::iter(backlog.into_iter().map(Ok));
+        let live = tokio_stream::wrappers::BroadcastStream::new(live).map(|r| {
+            r.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| {
+                Status::data_loss(format!(
+                    "watcher fell {n} events behind; resume with the cursor of the last event received"
+                ))
+            })
+        });
+        let stream = futures::StreamExt::take_until(backlog.chain(live), async move {
+            shutdown.cancelled().await;
+        })
+        .filter_map(move |r| match r {
+                Ok(e) if e.cursor <= last => None,
+                Ok(e) => {
+                    last = e.cursor;
+                    (instance.is_empty() || e.instance_id == instance)
+                        .then(|| Ok(event_to_wire(e)))
+                }
+                Err(status) => Some(Err(status)),
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<v1::ListActionsRequest>,
+    ) -> Result<Response<v1::ListActionsResponse>, Status> {
+        // The action journal arrives with the AWS adapters; until then nothing has been acted on.
+        Ok(Response::new(v1::ListActionsResponse { actions: vec![] }))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<v1::PauseRequest>,
+    ) -> Result<Response<v1::PauseState>, Status> {
+        let by = caller(&request);
+        let reason = request.into_inner().reason;
+        if reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: required, so the people on call know why destructive actions stopped",
+            ));
+        }
+        let state = self
+            .fleet
+            .set_paused(true, &reason, &by)
+            .map_err(|e| Status::unavailable(format!("cannot persist the pause: {e}")))?;
+        Ok(Response::new(pause_to_wire(state)))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeRequest>,
+    ) -> Result<Response<v1::PauseState>, Status> {
+        let by = caller(&request);
+        let reason = request.into_inner().reason;
+        let state = self
+            .fleet
+            .set_paused(false, &reason, &by)
+            .map_err(|e| Status::unavailable(format!("cannot persist the resume: {e}")))?;
+        Ok(Response::new(pause_to_wire(state)))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<v1::DrainRequest>,
+    ) -> Result<Response<v1::Action>, Status> {
+        let req = request.into_inner();
+        if req.instance_id.is_empty() {
+            return Err(Status::invalid_argument("instance_id: required"));
+        }
+        if self.fleet.instance(&req.instance_id).is_none() {
+            return Err(Status::not_found(format!(
+                "instance {} is not known to this coordinator",
+                req.instance_id
+            )));
+        }
+        Err(Status::failed_precondition(
+            "drain needs the load balancer adapter, which this coordinator runs without",
+        ))
+    }
+
+    async fn what_if(
+        &self,
+        request: Request<v1::WhatIfRequest>,
+    ) -> Result<Response<v1::WhatIfResponse>, Status> {
+        let req = request.into_inner();
+        let action = v1::ActionKind::try_from(req.action)
+            .ok()
+            .filter(|a| *a != v1::ActionKind::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("action: one of deregister, replace, remote-restart"))?;
+        if self.fleet.instance(&req.instance_id).is_none() {
+            return Err(Status::not_found(format!(
+                "instance {} is not known to this coordinator",
+                req.instance_id
+            )));
+        }
+        let held_by = fleet_guardrails(&self.fleet);
+        Ok(Response::new(v1::WhatIfResponse {
+            allowed: held_by.is_empty(),
+            explanation: if held_by.is_empty() {
+                format!("{} on {} would be allowed now", action.as_str_name(), req.instance_id)
+            } else {
+                format!(
+                    "{} on {} is held by: {}",
+                    action.as_str_name(),
+                    req.instance_id,
+                    held_by.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            },
+            held_by,
+        }))
+    }
+}

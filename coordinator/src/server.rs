@@ -1,0 +1,186 @@
+//! Wires the coordinator together: registry, TLS listener with certificate reload, the gRPC
+//! services behind the role check, health and reflection.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use autoheal_proto::{
+    MAX_MESSAGE_BYTES,
+    tls::{ServerReloader, TlsError},
+    v1::{self, agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer},
+};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    config::Config,
+    fleet::Fleet,
+    grpc::{TlsListener, agent::AgentStreams, authz::AuthzLayer, fleet::FleetApi},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the TLS certificate")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the state directory {path}")]
+    State {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A started coordinator. Dropping it does not stop it; call [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub fleet: Fleet,
+    shutdown: CancellationToken,
+    served: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Ends every stream, waits for in-flight calls up to `deadline`. Returns whether it drained
+    /// in time.
+    pub async fn stop(self, deadline: Duration) -> bool {
+        self.shutdown.cancel();
+        match tokio::time::timeout(deadline, self.served).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "gRPC server ended with an error");
+                true
+            }
+            Ok(Err(join)) => {
+                tracing::warn!(error = %join, "gRPC server task failed");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until the server ends (after a shutdown from elsewhere).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.served).await;
+    }
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let shutdown = CancellationToken::new();
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::State {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let fleet = Fleet::new(&config.coordinator_id, config.dry_run, Some(config.state_dir.clone()))
+        .map_err(|source| StartError::State {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+
+    let (reloader, tls_configs) = ServerReloader::new(
+        config.tls.clone(),
+        config.trust_domain.clone(),
+        config.tls_reload_interval,
+    )?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (accepted_tx, accepted_rx) = mpsc::channel(config.max_concurrent_handshakes.get());
+    let tls_listener = TlsListener {
+        listener,
+        configs: tls_configs,
+        handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes.get())),
+        handshake_timeout: config.handshake_timeout,
+        accepted: accepted_tx,
+    };
+
+    // Leadership arrives with the DynamoDB lease; a single coordinator always leads.
+    let (_leader_tx, redirect) = watch::channel(None);
+    let agents = AgentStreams {
+        fleet: fleet.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        redirect,
+        shutdown: shutdown.clone(),
+    };
+    let api = FleetApi {
+        fleet: fleet.clone(),
+        shutdown: shutdown.clone(),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<AgentStreams>>()
+        .await;
+    health.set_serving::<FleetServiceServer<FleetApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tokio::spawn(
+        reloader
+            .run(shutdown.clone())
+            .instrument(tracing::info_span!("tls_reloader")),
+    );
+    tokio::spawn(
+        tls_listener
+            .run(shutdown.clone())
+            .instrument(tracing::info_span!("tls_listener", %addr)),
+    );
+
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(AuthzLayer)
+        .add_service(
+            AgentServiceServer::new(agents)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            FleetServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(health_service)
+        .add_service(reflection);
+    let stop = shutdown.clone();
+    let served = tokio::spawn(
+        router
+            .serve_with_incoming_shutdown(ReceiverStream::new(accepted_rx), async move {
+                stop.cancelled().await;
+            })
+            .instrument(tracing::info_span!("grpc")),
+    );
+    tracing::info!(%addr, coordinator = %config.coordinator_id, dry_run = config.dry_run, "coordinator serving");
+    Ok(Running {
+        addr,
+        fleet,
+        shutdown,
+        served,
+    })
+}
