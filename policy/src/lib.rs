@@ -1,1 +1,43 @@
-//! autoheal's decision engine (placeholder, being written).
+//! autoheal's decision engine. Owns the decision ladder (escalation → deregister → drain →
+//! replace; silence → SSM → deregister → replace), every guardrail that can hold a destructive
+//! step, the remediation book that tracks where each instance is on the ladder, and the what-if
+//! answers the API gives.
+//!
+//! It is pure and must stay so: a fleet snapshot, the remediation book and a clock value in;
+//! decisions with reasons out. It must not depend on tokio, tonic, the AWS SDK or anything that
+//! does I/O, and never reads a clock (`now` is always a [`Timestamp`] the caller passes), so every
+//! guardrail can be tested with a simulated clock and property tests.
+//!
+//! One pass:
+//! 1. the coordinator builds a [`Fleet`] from agent streams and the inventory loop;
+//! 2. [`Engine::decide`] returns a [`Plan`] and writes the actions it decided into the
+//!    [`RemediationBook`] as requested (write-ahead: persist the book before acting);
+//! 3. the coordinator carries out each [`Decision::executable`] action and reports what happened
+//!    with [`RemediationBook::record`].
+//!
+//! Dry-run ASGs get [`DecisionKind::WouldAct`], which is not executable, and leave the book as it
+//! was.
+
+mod config;
+mod engine;
+mod fleet;
+mod guardrail;
+mod remediation;
+mod time;
+
+pub use config::{
+    Config, ConfigError, ConfigProblem, GuardrailConfig, GuardrailOverride, LadderConfig, RawConfig,
+};
+pub use engine::{
+    Action, AlbHealth, Alert, Assessment, Decision, DecisionKind, Engine, FleetAlert, Plan,
+    PolicyError, Waiting, WhatIf,
+};
+pub use fleet::{
+    AgentView, AsgHealth, AsgInstance, AsgName, Az, Escalation, Fleet, InstanceId, InstanceView,
+    Lifecycle, Pause, TargetGroup, TargetState, TargetView,
+};
+pub use guardrail::{BrakeScope, Guardrail};
+pub use remediation::{
+    BookError, Cause, Ending, Entry, Outcome, Remediation, RemediationBook, Stage, Step,
+};
+pub use time::{HumanDuration, Timestamp};
