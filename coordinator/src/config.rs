@@ -89,17 +89,18 @@ impl Config {
         let listen = listen_raw.parse().unwrap_or_else(|_| {
             errors.push(
                 "listen",
-                format!("{listen_raw:?} is not an address: use e.g. \"0.0.0.0:7443\" or \"[::]:7443\""),
+                format!(
+                    "{listen_raw:?} is not an address: use e.g. \"0.0.0.0:7443\" or \"[::]:7443\""
+                ),
             );
             SocketAddr::from(([127, 0, 0, 1], 7443))
         });
-        let trust_domain = TrustDomain::new(
-            raw.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN),
-        )
-        .unwrap_or_else(|e| {
-            errors.push("trust_domain", e.to_string());
-            TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("default trust domain is valid")
-        });
+        let trust_domain =
+            TrustDomain::new(raw.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN))
+                .unwrap_or_else(|e| {
+                    errors.push("trust_domain", e.to_string());
+                    TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("default trust domain is valid")
+                });
         let coordinator_id = match raw.coordinator_id {
             Some(id) if id.trim().is_empty() => {
                 errors.push("coordinator_id", "must not be empty");

@@ -16,9 +16,12 @@ pub type Client = FleetServiceClient<Channel>;
 /// Opens a lazy mTLS channel to the coordinator's fleet API.
 pub fn connect(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Client> {
     use anyhow::Context as _;
-    let material = files
-        .load()
-        .with_context(|| format!("cannot load the client certificate {}", files.cert.display()))?;
+    let material = files.load().with_context(|| {
+        format!(
+            "cannot load the client certificate {}",
+            files.cert.display()
+        )
+    })?;
     let config = tls::client_config(material).context("cannot build the TLS client")?;
     let channel = tls::channel(endpoint, Arc::new(config), Duration::from_secs(5))?;
     Ok(FleetServiceClient::new(channel)
@@ -42,9 +45,7 @@ pub fn explain(status: &tonic::Status, endpoint: &str) -> String {
         tonic::Code::Unavailable if lower.contains("invalid peer certificate") => {
             format!("server certificate not trusted by our CA ({endpoint}){chain}")
         }
-        tonic::Code::Unavailable
-            if lower.contains("alert") || lower.contains("certificate") =>
-        {
+        tonic::Code::Unavailable if lower.contains("alert") || lower.contains("certificate") => {
             format!("certificate refused by the coordinator at {endpoint}{chain}")
         }
         tonic::Code::Unavailable => format!("cannot connect to {endpoint}{chain}"),
@@ -54,10 +55,12 @@ pub fn explain(status: &tonic::Status, endpoint: &str) -> String {
 
 fn time(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| {
-        time::OffsetDateTime::from_unix_timestamp(t.seconds).ok().map(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        })
+        time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()
+            .map(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            })
     })
     .unwrap_or_else(|| "-".to_owned())
 }
@@ -89,7 +92,9 @@ pub fn service_state(raw: i32) -> &'static str {
 
 pub fn pause_json(p: Option<&v1::PauseState>) -> Value {
     match p {
-        Some(p) => json!({"paused": p.paused, "reason": p.reason, "by": p.by, "since": time(p.since.as_ref())}),
+        Some(p) => {
+            json!({"paused": p.paused, "reason": p.reason, "by": p.by, "since": time(p.since.as_ref())})
+        }
         None => json!({"paused": false}),
     }
 }
@@ -113,7 +118,11 @@ pub fn status_json(s: &v1::FleetStatus) -> Value {
 
 pub fn status_table(s: &v1::FleetStatus) -> String {
     let mut out = String::new();
-    let mode = if s.dry_run { "dry-run (records, never acts)" } else { "live" };
+    let mode = if s.dry_run {
+        "dry-run (records, never acts)"
+    } else {
+        "live"
+    };
     out.push_str(&format!(
         "coordinator {} ({}), mode: {mode}\n",
         s.coordinator_id,
@@ -128,27 +137,47 @@ pub fn status_table(s: &v1::FleetStatus) -> String {
         )),
         _ => out.push_str("not paused\n"),
     }
-    out.push_str(&format!("{} instances, {} connected\n", s.instances, s.connected));
+    out.push_str(&format!(
+        "{} instances, {} connected\n",
+        s.instances, s.connected
+    ));
     if !s.groups.is_empty() {
         let rows: Vec<Vec<String>> = s
             .groups
             .iter()
             .map(|g| {
                 vec![
-                    if g.name.is_empty() { "(no asg)".into() } else { g.name.clone() },
+                    if g.name.is_empty() {
+                        "(no asg)".into()
+                    } else {
+                        g.name.clone()
+                    },
                     g.instances.to_string(),
                     g.connected.to_string(),
                     g.healthy.to_string(),
                     g.unhealthy.to_string(),
                     g.silent.to_string(),
                     g.remediating.to_string(),
-                    g.guardrails.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+                    g.guardrails
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
                 ]
             })
             .collect();
         out.push('\n');
         out.push_str(&table(
-            &["ASG", "INSTANCES", "CONNECTED", "HEALTHY", "UNHEALTHY", "SILENT", "REMEDIATING", "HOLDING"],
+            &[
+                "ASG",
+                "INSTANCES",
+                "CONNECTED",
+                "HEALTHY",
+                "UNHEALTHY",
+                "SILENT",
+                "REMEDIATING",
+                "HOLDING",
+            ],
             &rows,
         ));
         for g in &s.groups {
@@ -179,17 +208,33 @@ pub fn instances_table(list: &[v1::InstanceSummary]) -> String {
         .map(|i| {
             vec![
                 i.instance_id.clone(),
-                if i.asg.is_empty() { "-".into() } else { i.asg.clone() },
+                if i.asg.is_empty() {
+                    "-".into()
+                } else {
+                    i.asg.clone()
+                },
                 i.availability_zone.clone(),
                 instance_state(i.state).into(),
-                if i.connected { "yes".into() } else { "no".into() },
+                if i.connected {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 time(i.last_heartbeat.as_ref()),
                 i.failing_dependencies.join(","),
             ]
         })
         .collect();
     table(
-        &["INSTANCE", "ASG", "AZ", "STATE", "CONNECTED", "LAST HEARTBEAT", "FAILING DEPENDENCIES"],
+        &[
+            "INSTANCE",
+            "ASG",
+            "AZ",
+            "STATE",
+            "CONNECTED",
+            "LAST HEARTBEAT",
+            "FAILING DEPENDENCIES",
+        ],
         &rows,
     )
 }
@@ -236,7 +281,11 @@ pub fn event_line(e: &v1::FleetEvent) -> String {
         "{:>6} {} {:<20} {:<22} {}",
         e.cursor,
         time(e.at.as_ref()),
-        if e.instance_id.is_empty() { "-" } else { &e.instance_id },
+        if e.instance_id.is_empty() {
+            "-"
+        } else {
+            &e.instance_id
+        },
         e.kind,
         e.message
     )
@@ -278,7 +327,10 @@ mod tests {
     fn tables_align_columns() {
         let t = table(
             &["A", "LONGER"],
-            &[vec!["wide-cell".into(), "x".into()], vec!["y".into(), "z".into()]],
+            &[
+                vec!["wide-cell".into(), "x".into()],
+                vec!["y".into(), "z".into()],
+            ],
         );
         let lines: Vec<_> = t.lines().collect();
         assert_eq!(lines[0], "A          LONGER");

@@ -90,9 +90,13 @@ pub struct Session {
 /// What the registry made of an event; the stream acks `acked_seq` either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    New { acked_seq: u64 },
+    New {
+        acked_seq: u64,
+    },
     /// Already held (a replay after reconnect): not recorded twice.
-    Duplicate { acked_seq: u64 },
+    Duplicate {
+        acked_seq: u64,
+    },
     /// A newer stream for this instance took over; this one should end.
     Superseded,
 }
@@ -124,7 +128,11 @@ pub struct Fleet {
 
 impl Fleet {
     /// `state_dir` holds what must survive a restart (the global pause); `None` keeps it in memory.
-    pub fn new(coordinator_id: &str, dry_run: bool, state_dir: Option<PathBuf>) -> std::io::Result<Self> {
+    pub fn new(
+        coordinator_id: &str,
+        dry_run: bool,
+        state_dir: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
         let pause_file = state_dir.map(|d| d.join("pause.json"));
         let pause = match &pause_file {
             Some(path) => match std::fs::read(path) {
@@ -222,7 +230,13 @@ impl Fleet {
             if restarted { ", agent restarted" } else { "" }
         );
         let instance = hello.instance_id.clone();
-        push_event(&mut state, &self.events, &instance, "agent-connected", message);
+        push_event(
+            &mut state,
+            &self.events,
+            &instance,
+            "agent-connected",
+            message,
+        );
         (
             Session {
                 id,
@@ -286,8 +300,12 @@ impl Fleet {
             EventKind::ServiceStateChanged { service, to, .. } => {
                 agent.services.insert(service.clone(), *to);
             }
-            EventKind::Escalated { service, reason, .. } => {
-                agent.services.insert(service.clone(), ServiceState::Escalated);
+            EventKind::Escalated {
+                service, reason, ..
+            } => {
+                agent
+                    .services
+                    .insert(service.clone(), ServiceState::Escalated);
                 agent.escalations.push(Escalation {
                     service: service.clone(),
                     reason: reason.clone(),
@@ -364,7 +382,10 @@ impl Fleet {
             since: Some(SystemTime::now()),
         };
         if let Some(path) = &self.pause_file {
-            write_atomically(path, &serde_json::to_vec_pretty(&new).map_err(std::io::Error::other)?)?;
+            write_atomically(
+                path,
+                &serde_json::to_vec_pretty(&new).map_err(std::io::Error::other)?,
+            )?;
         }
         state.pause = new.clone();
         let message = if paused {
@@ -496,14 +517,26 @@ mod tests {
         let fleet = Fleet::new("c", true, None).expect("fleet");
         let (session, acked) = fleet.agent_connected(&hello(9));
         assert_eq!(acked, 0);
-        assert_eq!(fleet.event(&session, &event(1)), Recorded::New { acked_seq: 1 });
-        assert_eq!(fleet.event(&session, &event(2)), Recorded::New { acked_seq: 2 });
+        assert_eq!(
+            fleet.event(&session, &event(1)),
+            Recorded::New { acked_seq: 1 }
+        );
+        assert_eq!(
+            fleet.event(&session, &event(2)),
+            Recorded::New { acked_seq: 2 }
+        );
         fleet.agent_disconnected(&session, "test");
         // Same epoch reconnects and replays 2 and 3: 2 is a duplicate.
         let (session, acked) = fleet.agent_connected(&hello(9));
         assert_eq!(acked, 2);
-        assert_eq!(fleet.event(&session, &event(2)), Recorded::Duplicate { acked_seq: 2 });
-        assert_eq!(fleet.event(&session, &event(3)), Recorded::New { acked_seq: 3 });
+        assert_eq!(
+            fleet.event(&session, &event(2)),
+            Recorded::Duplicate { acked_seq: 2 }
+        );
+        assert_eq!(
+            fleet.event(&session, &event(3)),
+            Recorded::New { acked_seq: 3 }
+        );
         let checks = fleet
             .instance("i-1")
             .expect("known")
@@ -527,14 +560,21 @@ mod tests {
         assert_eq!(fleet.event(&new, &event(1)), Recorded::New { acked_seq: 1 });
         // The old stream ending must not mark the instance disconnected.
         fleet.agent_disconnected(&old, "superseded");
-        assert!(fleet.instance("i-1").and_then(|r| r.agent).is_some_and(|a| a.connected));
+        assert!(
+            fleet
+                .instance("i-1")
+                .and_then(|r| r.agent)
+                .is_some_and(|a| a.connected)
+        );
     }
 
     #[test]
     fn pause_survives_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fleet = Fleet::new("c", true, Some(dir.path().to_owned())).expect("fleet");
-        fleet.set_paused(true, "maintenance", "spiffe://td/operator/alice").expect("persist");
+        fleet
+            .set_paused(true, "maintenance", "spiffe://td/operator/alice")
+            .expect("persist");
         let again = Fleet::new("c", true, Some(dir.path().to_owned())).expect("reopen");
         let pause = again.pause_state();
         assert!(pause.paused);

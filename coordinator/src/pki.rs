@@ -14,8 +14,8 @@ use std::{
 
 use autoheal_proto::identity::{Identity, IdentityError, Role, TrustDomain};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -25,7 +25,9 @@ pub const DEFAULT_INSTANCE: &str = "i-0000000000000001";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{0} already holds a CA; pass --force to replace it (every issued certificate stops working)")]
+    #[error(
+        "{0} already holds a CA; pass --force to replace it (every issued certificate stops working)"
+    )]
     Exists(PathBuf),
     #[error("{path}")]
     Io {
@@ -93,7 +95,11 @@ pub fn init(
     params.not_after = now + Duration::days(3650);
     let ca_cert = params.self_signed(&ca_key)?;
     write(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), 0o644)?;
-    write(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write(
+        &dir.join("ca-key.pem"),
+        ca_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write(
         &dir.join("trust-domain"),
         format!("{trust_domain}\n").as_bytes(),
@@ -267,14 +273,23 @@ mod tests {
     fn init_writes_a_usable_pki_with_private_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("test.local").expect("td");
-        let issued = init(dir.path(), &td, &["coord.example.com".into()], &["i-abc".into()], false)
-            .expect("init");
+        let issued = init(
+            dir.path(),
+            &td,
+            &["coord.example.com".into()],
+            &["i-abc".into()],
+            false,
+        )
+        .expect("init");
         assert_eq!(issued.len(), 4);
         for i in &issued {
             let mode = std::fs::metadata(&i.key).expect("key").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", i.key.display());
         }
-        let mode = std::fs::metadata(dir.path().join("ca-key.pem")).expect("ca key").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
+            .expect("ca key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let files = TlsFiles {
@@ -291,7 +306,12 @@ mod tests {
             Err(PkiError::Exists(_))
         ));
 
-        let more = issue(dir.path(), Role::Viewer("grafana".into()), Validity::default()).expect("issue");
+        let more = issue(
+            dir.path(),
+            Role::Viewer("grafana".into()),
+            Validity::default(),
+        )
+        .expect("issue");
         assert!(more.cert.ends_with("viewer-grafana.pem"));
         let files = TlsFiles {
             cert: more.cert,

@@ -188,7 +188,9 @@ impl EventKind {
                 count,
                 first_seq,
                 last_seq,
-            } => format!("agent dropped {count} events (seq {first_seq}..={last_seq}): buffer full"),
+            } => {
+                format!("agent dropped {count} events (seq {first_seq}..={last_seq}): buffer full")
+            }
         }
     }
 }

@@ -6,7 +6,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
     tls::{ServerReloader, TlsError},
-    v1::{self, agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer},
+    v1::{
+        self, agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer,
+    },
 };
 use tokio::{
     net::TcpListener,
@@ -87,11 +89,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         path: config.state_dir.clone(),
         source,
     })?;
-    let fleet = Fleet::new(&config.coordinator_id, config.dry_run, Some(config.state_dir.clone()))
-        .map_err(|source| StartError::State {
-            path: config.state_dir.clone(),
-            source,
-        })?;
+    let fleet = Fleet::new(
+        &config.coordinator_id,
+        config.dry_run,
+        Some(config.state_dir.clone()),
+    )
+    .map_err(|source| StartError::State {
+        path: config.state_dir.clone(),
+        source,
+    })?;
 
     let (reloader, tls_configs) = ServerReloader::new(
         config.tls.clone(),

@@ -16,17 +16,13 @@ const MAX_SEGMENT: usize = 128;
 pub enum IdentityError {
     #[error("{0:?} is not a SPIFFE ID: it must start with spiffe://")]
     NotSpiffe(String),
-    #[error(
-        "trust domain {0:?} is invalid: use 1-255 lowercase letters, digits, '.', '-' or '_'"
-    )]
+    #[error("trust domain {0:?} is invalid: use 1-255 lowercase letters, digits, '.', '-' or '_'")]
     TrustDomain(String),
     #[error(
         "SPIFFE ID {0:?} has an unknown path: expected /instance/<id>, /operator/<name> or /viewer/<name>"
     )]
     Path(String),
-    #[error(
-        "{kind} {value:?} is invalid: use 1-{MAX_SEGMENT} letters, digits, '.', '-' or '_'"
-    )]
+    #[error("{kind} {value:?} is invalid: use 1-{MAX_SEGMENT} letters, digits, '.', '-' or '_'")]
     Segment { kind: &'static str, value: String },
     #[error("certificate cannot be parsed: {0}")]
     Certificate(String),

@@ -141,9 +141,12 @@ impl TlsFiles {
 
     /// The SPIFFE identity of our own certificate.
     pub fn identity(&self, material: &Material) -> Result<Identity, TlsError> {
-        let leaf = material.chain.first().ok_or_else(|| TlsError::NoCertificates {
-            path: self.cert.clone(),
-        })?;
+        let leaf = material
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::NoCertificates {
+                path: self.cert.clone(),
+            })?;
         Identity::from_certificate(leaf).map_err(|source| TlsError::Identity {
             path: self.cert.clone(),
             source,
@@ -185,11 +188,9 @@ pub fn server_config(
     trust_domain: &TrustDomain,
 ) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(material.roots),
-        provider.clone(),
-    )
-    .build()?;
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(material.roots), provider.clone())
+            .build()?;
     let verifier = Arc::new(SpiffeClientVerifier {
         inner,
         trust_domain: trust_domain.clone(),
@@ -250,18 +251,16 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let identity = Identity::from_certificate(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(Arc::new(e)),
-            ))
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
         })?;
         if identity.trust_domain != self.trust_domain {
             return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                    ForeignTrustDomain {
-                        found: identity.trust_domain.to_string(),
-                        expected: self.trust_domain.to_string(),
-                    },
-                ))),
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(ForeignTrustDomain {
+                    found: identity.trust_domain.to_string(),
+                    expected: self.trust_domain.to_string(),
+                }))),
             ));
         }
         Ok(verified)
@@ -467,7 +466,10 @@ mod tests {
             split_endpoint("https://coord.example.com:443/").expect("ok"),
             ("coord.example.com".into(), 443)
         );
-        assert_eq!(split_endpoint("[::1]:7443").expect("ok"), ("::1".into(), 7443));
+        assert_eq!(
+            split_endpoint("[::1]:7443").expect("ok"),
+            ("::1".into(), 7443)
+        );
         for bad in ["localhost", "http://a:1", ":1", "a:b"] {
             assert!(split_endpoint(bad).is_err(), "{bad}");
         }

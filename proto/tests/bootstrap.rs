@@ -16,8 +16,11 @@ fn generated_code_is_up_to_date() {
     let protos = ["autoheal/v1/agent.proto", "autoheal/v1/fleet.proto"];
     let fds = protox::compile(protos, [&proto_dir]).expect("protos compile");
     let descriptor = fds.encode_to_vec();
-    std::fs::write(scratch.path().join("autoheal_v1_descriptor.bin"), &descriptor)
-        .expect("write descriptor");
+    std::fs::write(
+        scratch.path().join("autoheal_v1_descriptor.bin"),
+        &descriptor,
+    )
+    .expect("write descriptor");
 
     tonic_prost_build::configure()
         .build_client(true)
@@ -47,5 +50,8 @@ fn generated_code_is_up_to_date() {
 }
 
 fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }

@@ -11,7 +11,10 @@ const EXIT_CONFIG: u8 = 64;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
-#[command(version, about = "autoheal coordinator: fleet view, guardrails and operator API")]
+#[command(
+    version,
+    about = "autoheal coordinator: fleet view, guardrails and operator API"
+)]
 struct Args {
     /// Path to coordinator.toml.
     #[arg(long, env = "AUTOHEAL_CONFIG")]

@@ -29,7 +29,12 @@ struct Cli {
 #[derive(Args, Debug)]
 struct Conn {
     /// Coordinator address, host:port.
-    #[arg(long, global = true, env = "AUTOHEAL_ENDPOINT", default_value = "127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "AUTOHEAL_ENDPOINT",
+        default_value = "127.0.0.1:7443"
+    )]
     endpoint: String,
     /// A folder made by `certs init`: uses its ca.pem and operator-admin certificate, unless
     /// --ca/--cert/--key say otherwise.
@@ -173,14 +178,22 @@ fn tls_files(conn: &Conn) -> anyhow::Result<TlsFiles> {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Certs(certs) => return run_certs(certs),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "autohealctl", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "autohealctl",
+                &mut std::io::stdout(),
+            );
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -265,8 +278,11 @@ async fn call(
                 let next = if follow {
                     stream.message().await?
                 } else {
-                    match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message())
-                        .await
+                    match tokio::time::timeout(
+                        std::time::Duration::from_millis(300),
+                        stream.message(),
+                    )
+                    .await
                     {
                         Ok(m) => m?,
                         Err(_) => None,
@@ -300,12 +316,22 @@ async fn call(
                 println!("no actions recorded");
             } else {
                 for a in actions {
-                    println!("{} {} {:?} {:?} {}", a.id, a.instance_id, a.kind(), a.status(), a.reason);
+                    println!(
+                        "{} {} {:?} {:?} {}",
+                        a.id,
+                        a.instance_id,
+                        a.kind(),
+                        a.status(),
+                        a.reason
+                    );
                 }
             }
         }
         Command::Pause { reason } => {
-            let p = client.pause(v1::PauseRequest { reason }).await?.into_inner();
+            let p = client
+                .pause(v1::PauseRequest { reason })
+                .await?
+                .into_inner();
             if json {
                 print_json(&ctl::pause_json(Some(&p)));
             } else {
@@ -313,7 +339,10 @@ async fn call(
             }
         }
         Command::Resume { reason } => {
-            let p = client.resume(v1::ResumeRequest { reason }).await?.into_inner();
+            let p = client
+                .resume(v1::ResumeRequest { reason })
+                .await?
+                .into_inner();
             if json {
                 print_json(&ctl::pause_json(Some(&p)));
             } else {
@@ -359,7 +388,9 @@ async fn call(
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Certs(_) | Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Certs(_) | Command::Completions { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

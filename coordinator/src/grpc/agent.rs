@@ -145,7 +145,9 @@ impl AgentStream {
                 Err(_) => {
                     let _ = self
                         .outbound
-                        .send(Err(Status::deadline_exceeded("no heartbeat in 3 intervals")))
+                        .send(Err(Status::deadline_exceeded(
+                            "no heartbeat in 3 intervals",
+                        )))
                         .await;
                     break "agent went silent".to_owned();
                 }

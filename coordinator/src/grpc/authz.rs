@@ -153,7 +153,10 @@ mod tests {
         assert!(authorize(&viewer, "/autoheal.v1.FleetService/Resume").is_err());
         for role in [&instance, &operator, &viewer] {
             assert!(authorize(role, health).is_ok());
-            assert!(authorize(role, "/other.Service/Method").is_err(), "deny by default");
+            assert!(
+                authorize(role, "/other.Service/Method").is_err(),
+                "deny by default"
+            );
             assert!(authorize(role, "/autoheal.v1.FleetService/NewMethod").is_err());
         }
     }

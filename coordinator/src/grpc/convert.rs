@@ -74,7 +74,9 @@ fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Duration, F
 
 fn service_state(field: &str, raw: i32) -> Result<ServiceState, FieldError> {
     Ok(
-        match v1::ServiceState::try_from(raw).map_err(|_| err(field, format!("unknown state {raw}")))? {
+        match v1::ServiceState::try_from(raw)
+            .map_err(|_| err(field, format!("unknown state {raw}")))?
+        {
             v1::ServiceState::Unspecified => return Err(err(field, "required")),
             v1::ServiceState::Starting => ServiceState::Starting,
             v1::ServiceState::Healthy => ServiceState::Healthy,
@@ -115,7 +117,10 @@ impl TryFrom<v1::Hello> for Hello {
         validate_segment("instance id", &h.instance_id)
             .map_err(|e| err("hello.instance_id", e.to_string()))?;
         if h.epoch == 0 {
-            return Err(err("hello.epoch", "required (a random non-zero number per agent start)"));
+            return Err(err(
+                "hello.epoch",
+                "required (a random non-zero number per agent start)",
+            ));
         }
         if h.services.len() > MAX_SERVICES {
             return Err(err(
@@ -328,7 +333,10 @@ mod tests {
     fn invalid_fields_are_named() {
         let mut h = hello();
         h.instance_id = "i-../etc".into();
-        assert_eq!(Hello::try_from(h).expect_err("bad id").field, "hello.instance_id");
+        assert_eq!(
+            Hello::try_from(h).expect_err("bad id").field,
+            "hello.instance_id"
+        );
 
         let mut h = hello();
         h.services[0].checks[0].name.clear();

@@ -131,11 +131,13 @@ impl FleetService for FleetApi {
         let mut groups: BTreeMap<String, v1::GroupStatus> = BTreeMap::new();
         for r in &instances {
             let name = r.asg.clone().unwrap_or_default();
-            let g = groups.entry(name.clone()).or_insert_with(|| v1::GroupStatus {
-                name,
-                guardrails: fleet_guardrails(&self.fleet),
-                ..Default::default()
-            });
+            let g = groups
+                .entry(name.clone())
+                .or_insert_with(|| v1::GroupStatus {
+                    name,
+                    guardrails: fleet_guardrails(&self.fleet),
+                    ..Default::default()
+                });
             g.instances += 1;
             match instance_state(r) {
                 v1::InstanceState::Healthy => g.healthy += 1,
@@ -169,8 +171,7 @@ impl FleetService for FleetApi {
         })?;
         let filter = InstanceFilter {
             asg: (!req.asg.is_empty()).then_some(req.asg),
-            availability_zone: (!req.availability_zone.is_empty())
-                .then_some(req.availability_zone),
+            availability_zone: (!req.availability_zone.is_empty()).then_some(req.availability_zone),
         };
         let instances = self
             .fleet
@@ -190,10 +191,9 @@ impl FleetService for FleetApi {
         if id.is_empty() {
             return Err(Status::invalid_argument("instance_id: required"));
         }
-        let r = self
-            .fleet
-            .instance(&id)
-            .ok_or_else(|| Status::not_found(format!("instance {id} is not known to this coordinator")))?;
+        let r = self.fleet.instance(&id).ok_or_else(|| {
+            Status::not_found(format!("instance {id} is not known to this coordinator"))
+        })?;
         let agent = r.agent.as_ref();
         Ok(Response::new(v1::Instance {
             summary: Some(summary(&r)),
@@ -260,14 +260,13 @@ impl FleetService for FleetApi {
             shutdown.cancelled().await;
         })
         .filter_map(move |r| match r {
-                Ok(e) if e.cursor <= last => None,
-                Ok(e) => {
-                    last = e.cursor;
-                    (instance.is_empty() || e.instance_id == instance)
-                        .then(|| Ok(event_to_wire(e)))
-                }
-                Err(status) => Some(Err(status)),
-            });
+            Ok(e) if e.cursor <= last => None,
+            Ok(e) => {
+                last = e.cursor;
+                (instance.is_empty() || e.instance_id == instance).then(|| Ok(event_to_wire(e)))
+            }
+            Err(status) => Some(Err(status)),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -337,7 +336,9 @@ impl FleetService for FleetApi {
         let action = v1::ActionKind::try_from(req.action)
             .ok()
             .filter(|a| *a != v1::ActionKind::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("action: one of deregister, replace, remote-restart"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("action: one of deregister, replace, remote-restart")
+            })?;
         if self.fleet.instance(&req.instance_id).is_none() {
             return Err(Status::not_found(format!(
                 "instance {} is not known to this coordinator",
@@ -348,13 +349,21 @@ impl FleetService for FleetApi {
         Ok(Response::new(v1::WhatIfResponse {
             allowed: held_by.is_empty(),
             explanation: if held_by.is_empty() {
-                format!("{} on {} would be allowed now", action.as_str_name(), req.instance_id)
+                format!(
+                    "{} on {} would be allowed now",
+                    action.as_str_name(),
+                    req.instance_id
+                )
             } else {
                 format!(
                     "{} on {} is held by: {}",
                     action.as_str_name(),
                     req.instance_id,
-                    held_by.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                    held_by
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             },
             held_by,

@@ -115,7 +115,8 @@ impl TlsListener {
                             let Ok(_permit) = handshakes.acquire_owned().await else {
                                 return;
                             };
-                            match tokio::time::timeout(timeout, handshake(tcp, remote, config)).await
+                            match tokio::time::timeout(timeout, handshake(tcp, remote, config))
+                                .await
                             {
                                 Ok(Ok(stream)) => {
                                     let _ = tx.send(Ok(stream)).await;
