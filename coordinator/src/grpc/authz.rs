@@ -90,9 +90,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let decision = match request.extensions().get::<PeerInfo>() {
-            Some(peer) => authorize(&peer.identity.role, request.uri().path()).map_err(|why| {
+            Some(peer) => authorize(&peer.identity.role, request.uri().path()).inspect_err(|_| {
                 tracing::warn!(peer = %peer.identity, path = request.uri().path(), "permission denied");
-                why
             }),
             None => Err("no verified client certificate".to_owned()),
         };
