@@ -4,6 +4,7 @@
 //! I/O lives at the edges: `grpc` is the only module that knows wire types; the decision engine
 //! lives in the pure `autoheal-policy` crate. This crate must not be depended on by the agent.
 
+pub mod aws_actions;
 pub mod config;
 pub mod ctl;
 pub mod fleet;
