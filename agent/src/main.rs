@@ -1,1 +1,229 @@
-fn main() {}
+//! `autoheal-agent`: runs the agent, checks a config, or shows the running agent's status.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use autoheal_agent::{
+    Agent, Config,
+    config::{IdentitySource, LoadError},
+    status,
+};
+use autoheal_proto::tls::DisplayChain;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration the agent cannot use (EX_CONFIG-style, as sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "autoheal-agent", version = autoheal_proto::VERSION, about = "autoheal's on-instance agent: health checks, local healing, reporting")]
+struct Cli {
+    /// Config file (TOML) to run with.
+    #[arg(long, short = 'c', global = false)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file: lists every error with its path; exit 64 if any.
+    CheckConfig { file: PathBuf },
+    /// Show the running agent's services and checks.
+    Status {
+        /// The agent's status socket.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Read the socket path from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Status {
+            socket,
+            config,
+            output,
+        }) => report(status_cmd(socket, config, output)),
+        None => match cli.config {
+            None => {
+                eprintln!("autoheal-agent: --config FILE is required (or use check-config / status)");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Some(path) => {
+                init_logs(cli.log_format);
+                run(&path)
+            }
+        },
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("autoheal-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        match e {
+            LoadError::Invalid { path, errors } => {
+                for e in &errors.errors {
+                    println!("{}: {}", e.path, e.message);
+                }
+                eprintln!("{}: {} error(s)", path.display(), errors.errors.len());
+            }
+            e @ LoadError::Read { .. } => eprintln!("autoheal-agent: {}", DisplayChain(&e)),
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Beyond the file itself: can the TLS files be used, and do they name this instance?
+    let mut problems = Vec::new();
+    if let Some(c) = &config.coordinator {
+        match c.tls.load() {
+            Err(e) => problems.push(("tls".to_owned(), DisplayChain(&e).to_string())),
+            Ok(material) => match c.tls.identity(&material) {
+                Err(e) => problems.push(("tls.cert".to_owned(), DisplayChain(&e).to_string())),
+                Ok(id) => {
+                    let in_cert = id.instance_id().unwrap_or_default().to_owned();
+                    if in_cert.is_empty() {
+                        problems.push((
+                            "tls.cert".to_owned(),
+                            format!("{} is not an instance certificate (expected spiffe://<trust-domain>/instance/<id>)", id.uri()),
+                        ));
+                    } else if let IdentitySource::Static { instance_id, .. } = &config.identity {
+                        if *instance_id != in_cert {
+                            problems.push((
+                                "identity.instance_id".to_owned(),
+                                format!("{instance_id:?} differs from the certificate's instance {in_cert:?}; the coordinator would refuse it"),
+                            ));
+                        }
+                    }
+                    if let Err(e) = autoheal_proto::tls::client_config(material) {
+                        problems.push(("tls.key".to_owned(), DisplayChain(&e).to_string()));
+                    }
+                }
+            },
+        }
+    }
+    if !problems.is_empty() {
+        for (p, m) in &problems {
+            println!("{p}: {m}");
+        }
+        eprintln!("{}: {} error(s)", path.display(), problems.len());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let checks: usize = config.services.iter().map(|s| s.checks.len()).sum();
+    println!(
+        "{}: ok: {} service(s), {} check(s), {}",
+        path.display(),
+        config.services.len(),
+        checks,
+        match &config.coordinator {
+            Some(c) => format!("reporting to {}", c.endpoints.join(", ")),
+            None => "no coordinator (local healing only)".to_owned(),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+fn status_cmd(socket: Option<PathBuf>, config: Option<PathBuf>, output: Output) -> anyhow::Result<()> {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => Config::load(&c)
+            .with_context(|| format!("reading {}", c.display()))?
+            .status_socket,
+        (None, None) => PathBuf::from(autoheal_agent::config::DEFAULT_SOCKET),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt.block_on(status::query(&socket))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{}", status::render(&report)),
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        rt.block_on(serve(config))
+    })();
+    report(result)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let services = config.services.len();
+    let agent = Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
+        .context("starting the agent")?;
+    tracing::info!(version = autoheal_proto::VERSION, services, "agent running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for SIGINT")?;
+            tracing::info!("SIGINT: shutting down");
+        }
+    }
+    let deadline = Duration::from_secs(20);
+    if !agent.stop(deadline).await {
+        tracing::warn!(?deadline, "some tasks did not stop in time; exiting anyway");
+    }
+    Ok(())
+}

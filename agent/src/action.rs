@@ -1,0 +1,266 @@
+//! A service's process side: performs restarts and watches the main process so an exit is seen
+//! at once (a child we own is awaited directly; a systemd unit's MainPID or a pidfile's pid is
+//! polled in /proc every 250 ms), not at the next check.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{
+    process::{Child, Command},
+    sync::{mpsc, oneshot},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Action,
+    probe::{self, pid_alive, read_pidfile},
+};
+
+const WATCH_PERIOD: Duration = Duration::from_millis(250);
+
+/// Ok(pid of the new main process, if known) or Err(why the action failed).
+pub type RestartReply = Result<Option<u32>, String>;
+
+#[derive(Debug)]
+pub enum ProcessCommand {
+    Restart { reply: oneshot::Sender<RestartReply> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Up { pid: u32 },
+    Down { pid: Option<u32>, detail: String },
+}
+
+#[derive(Debug)]
+pub struct ProcessTask {
+    pub service: String,
+    pub action: Action,
+    pub action_timeout: Duration,
+    pub commands: mpsc::Receiver<ProcessCommand>,
+    pub liveness: mpsc::Sender<Liveness>,
+}
+
+impl ProcessTask {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut child: Option<Child> = None;
+        // The pid being watched (unit MainPID, pidfile), with whether it was last seen alive.
+        let mut watched: Option<(u32, bool)> = None;
+        let mut tick = tokio::time::interval(WATCH_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Action::Run { .. } = &self.action {
+            match self.spawn() {
+                Ok(c) => {
+                    let pid = c.id();
+                    child = Some(c);
+                    if let Some(pid) = pid {
+                        self.tell(Liveness::Up { pid }).await;
+                    }
+                }
+                Err(detail) => self.tell(Liveness::Down { pid: None, detail }).await,
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    None => break,
+                    Some(ProcessCommand::Restart { reply }) => {
+                        let result = self.restart(&mut child).await;
+                        if let Ok(Some(pid)) = result {
+                            watched = Some((pid, true));
+                        } else {
+                            watched = None;
+                        }
+                        let _ = reply.send(result);
+                    }
+                },
+                status = wait(&mut child) => {
+                    let pid = child.as_ref().and_then(Child::id);
+                    child = None;
+                    let detail = match status {
+                        Ok(s) => format!("main process exited ({s})"),
+                        Err(e) => format!("main process lost: {e}"),
+                    };
+                    self.tell(Liveness::Down { pid, detail }).await;
+                }
+                _ = tick.tick(), if !matches!(self.action, Action::Run { .. } | Action::None) => {
+                    self.watch(&mut watched).await;
+                }
+            }
+        }
+        if let (Some(c), Action::Run { stop_timeout, .. }) = (child.as_mut(), &self.action) {
+            stop(c, *stop_timeout).await;
+        }
+    }
+
+    async fn tell(&self, l: Liveness) {
+        let _ = self.liveness.send(l).await;
+    }
+
+    fn spawn(&self) -> Result<Child, String> {
+        let Action::Run { argv, dir, .. } = &self.action else {
+            return Err("not a run service".into());
+        };
+        command(argv, dir)
+            .map_err(|e| e.to_string())?
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", argv[0]))
+    }
+
+    async fn restart(&self, child: &mut Option<Child>) -> RestartReply {
+        match &self.action {
+            Action::None => Err("no restart action configured".into()),
+            Action::Run { stop_timeout, .. } => {
+                if let Some(c) = child.as_mut() {
+                    stop(c, *stop_timeout).await;
+                }
+                *child = None;
+                let c = self.spawn()?;
+                let pid = c.id();
+                *child = Some(c);
+                Ok(pid)
+            }
+            Action::Unit(unit) => {
+                let argv = ["systemctl".to_owned(), "restart".to_owned(), unit.clone()];
+                run_to_completion(&argv, Path::new("/"), self.action_timeout).await?;
+                Ok(main_pid(unit).await)
+            }
+            Action::Command { argv, dir, pidfile } => {
+                run_to_completion(argv, dir, self.action_timeout).await?;
+                Ok(match pidfile {
+                    Some(f) => read_pidfile(f).await.ok(),
+                    None => None,
+                })
+            }
+        }
+    }
+
+    /// Polls the watched pid; reports Down when it goes, Up when a new one appears.
+    async fn watch(&self, watched: &mut Option<(u32, bool)>) {
+        let current = match &self.action {
+            Action::Unit(unit) => match *watched {
+                Some((pid, true)) if pid_alive(pid).await => return,
+                _ => main_pid(unit).await,
+            },
+            Action::Command {
+                pidfile: Some(f), ..
+            } => read_pidfile(f).await.ok(),
+            _ => return,
+        };
+        let alive = match current {
+            Some(pid) => pid_alive(pid).await,
+            None => false,
+        };
+        match (*watched, current, alive) {
+            (Some((old, true)), _, false) => {
+                *watched = Some((old, false));
+                self.tell(Liveness::Down {
+                    pid: Some(old),
+                    detail: format!("main process {old} exited"),
+                })
+                .await;
+            }
+            (Some((old, true)), Some(new), true) if new != old => {
+                *watched = Some((new, true));
+                self.tell(Liveness::Up { pid: new }).await;
+            }
+            (None | Some((_, false)), Some(new), true) => {
+                *watched = Some((new, true));
+                self.tell(Liveness::Up { pid: new }).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn command(argv: &[String], dir: &Path) -> Result<Command, &'static str> {
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let mut c = Command::new(program);
+    c.args(args)
+        .current_dir(dir)
+        // Its own process group, so a stop reaches the whole tree.
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(c)
+}
+
+async fn wait(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM (and SIGCONT, so a stopped process can act on it) to the group, then SIGKILL after
+/// `grace`.
+pub async fn stop(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::CONT);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            // The leader is gone; make sure the rest of its group is too.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            return;
+        }
+        tracing::warn!(pid = pid.as_raw_pid(), ?grace, "did not stop in time; killing");
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill().await;
+}
+
+async fn run_to_completion(argv: &[String], dir: &Path, timeout: Duration) -> Result<(), String> {
+    let mut c = command(argv, dir).map_err(str::to_owned)?;
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(probe::cap(format!(
+            "{} {}: {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Ok(Err(e)) => Err(format!("{}: {e}", argv[0])),
+        Err(_) => {
+            if let Some(pid) = pid {
+                probe::kill_group(pid);
+            }
+            Err(format!("{} timed out after {timeout:?}", argv.join(" ")))
+        }
+    }
+}
+
+async fn main_pid(unit: &str) -> Option<u32> {
+    let out = Command::new("systemctl")
+        .args(["show", "--property=MainPID", "--value", "--", unit])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
+/// Resolved pidfile path, for display.
+pub fn pidfile_of(action: &Action) -> Option<&PathBuf> {
+    match action {
+        Action::Command { pidfile, .. } => pidfile.as_ref(),
+        _ => None,
+    }
+}

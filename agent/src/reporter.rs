@@ -1,0 +1,583 @@
+//! The reporter: one mTLS bidi stream to the coordinator (`AgentService.Connect`). It numbers
+//! events, keeps the unacknowledged ones in a bounded buffer and replays them after a reconnect,
+//! sends heartbeats, follows redirects and reconnects with exponential backoff and full jitter.
+//! It never blocks healing: events reach it over an unbounded channel it always drains.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use autoheal_proto::{
+    MAX_MESSAGE_BYTES, VERSION,
+    tls::{self, DisplayChain, TlsFiles},
+    v1::{self, agent_message, agent_service_client::AgentServiceClient, coordinator_message},
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{self, SharedClock},
+    config::{CoordinatorConfig, IdentitySource},
+    identity::{self, InstanceIdentity},
+    state::{Emitted, ServiceSnapshot},
+};
+
+/// Events numbered in order, kept until the coordinator acknowledges them. When full, the oldest
+/// is dropped and counted; the loss is reported as an `EventsDropped` event once there's room.
+#[derive(Debug)]
+pub struct EventBuffer {
+    cap: usize,
+    events: VecDeque<v1::Event>,
+    last_seq: u64,
+    dropped_total: u64,
+    /// (count, first_seq, last_seq) of drops not yet reported.
+    pending_drop: Option<(u64, u64, u64)>,
+}
+
+impl EventBuffer {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            events: VecDeque::new(),
+            last_seq: 0,
+            dropped_total: 0,
+            pending_drop: None,
+        }
+    }
+
+    /// Numbers `kind` and buffers it; returns the numbered event.
+    pub fn push(&mut self, e: Emitted) -> v1::Event {
+        self.last_seq += 1;
+        let event = v1::Event {
+            seq: self.last_seq,
+            at: Some(clock::timestamp(e.at)),
+            kind: Some(e.kind),
+        };
+        self.events.push_back(event.clone());
+        while self.events.len() > self.cap {
+            if let Some(old) = self.events.pop_front() {
+                self.dropped_total += 1;
+                self.pending_drop = Some(match self.pending_drop {
+                    None => (1, old.seq, old.seq),
+                    Some((n, first, _)) => (n + 1, first, old.seq),
+                });
+            }
+        }
+        event
+    }
+
+    /// If drops are pending and there is room, buffers the report and returns it to send.
+    pub fn flush_drops(&mut self, at: std::time::SystemTime) -> Option<v1::Event> {
+        let (count, first_seq, last_seq) = self.pending_drop?;
+        if self.events.len() >= self.cap {
+            return None;
+        }
+        self.pending_drop = None;
+        Some(self.push(Emitted {
+            at,
+            kind: v1::event::Kind::EventsDropped(v1::EventsDropped {
+                count,
+                first_seq,
+                last_seq,
+            }),
+        }))
+    }
+
+    /// Everything up to `seq` is durable on the coordinator.
+    pub fn ack(&mut self, seq: u64) {
+        while self.events.front().is_some_and(|e| e.seq <= seq) {
+            self.events.pop_front();
+        }
+    }
+
+    pub fn unacked(&self) -> impl Iterator<Item = &v1::Event> {
+        self.events.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+}
+
+/// Full jitter: uniform in [0, min(cap, initial * 2^attempt)).
+pub fn full_jitter(initial: Duration, cap: Duration, attempt: u32, random: f64) -> Duration {
+    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(cap);
+    ceiling.mul_f64(random.clamp(0.0, 1.0))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReporterStatus {
+    pub connected: bool,
+    pub endpoint: Option<String>,
+    pub coordinator_id: Option<String>,
+    pub epoch: u64,
+    pub last_seq: u64,
+    pub unacked: usize,
+    pub dropped_events: u64,
+    pub healing_paused: bool,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Reporter {
+    pub config: CoordinatorConfig,
+    pub identity: IdentitySource,
+    pub specs: Vec<v1::ServiceSpec>,
+    pub events: mpsc::UnboundedReceiver<Emitted>,
+    pub services: Vec<watch::Receiver<ServiceSnapshot>>,
+    pub paused: watch::Sender<bool>,
+    pub status: watch::Sender<ReporterStatus>,
+    pub clock: SharedClock,
+}
+
+enum End {
+    Shutdown,
+    Redirect(String),
+    Failed { error: String, welcomed: bool },
+}
+
+/// How long to wait for response headers and then for the Welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Reporter {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let epoch = loop {
+            let e = rand::random::<u64>();
+            if e != 0 {
+                break e;
+            }
+        };
+        let mut buffer = EventBuffer::new(self.config.event_buffer.get());
+        self.status.send_modify(|s| s.epoch = epoch);
+        let mut identity: Option<InstanceIdentity> = None;
+        let mut failures: u32 = 0;
+        let mut redirects: u32 = 0;
+        let mut next_endpoint = 0usize;
+        let mut redirect: Option<String> = None;
+        let mut delay = Duration::ZERO;
+        loop {
+            if !delay.is_zero() {
+                let until = self.clock.now() + delay;
+                if !self.drain_until(&shutdown, &mut buffer, until).await {
+                    return;
+                }
+            }
+            let id = match &identity {
+                Some(id) => id.clone(),
+                None => {
+                    let resolved = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return,
+                        r = identity::resolve(&self.identity) => r,
+                    };
+                    match resolved {
+                        Ok(id) => {
+                            identity = Some(id.clone());
+                            id
+                        }
+                        Err(e) => {
+                            self.failed(&e, &mut failures, &mut delay);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let tls_config = match load_tls(&self.config.tls, &id) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.failed(&*e, &mut failures, &mut delay);
+                    continue;
+                }
+            };
+            let endpoint = match redirect.take() {
+                Some(e) => e,
+                None => {
+                    let e = self.config.endpoints[next_endpoint % self.config.endpoints.len()].clone();
+                    next_endpoint += 1;
+                    e
+                }
+            };
+            match self
+                .session(&shutdown, &mut buffer, &id, epoch, &endpoint, tls_config)
+                .await
+            {
+                End::Shutdown => return,
+                End::Redirect(to) => {
+                    tracing::info!(from = %endpoint, %to, "redirected by the coordinator");
+                    redirects += 1;
+                    redirect = Some(to);
+                    // Follow at once, but don't let two coordinators bounce us in a tight loop.
+                    delay = if redirects > 3 {
+                        full_jitter(
+                            self.config.reconnect_initial,
+                            self.config.reconnect_max,
+                            redirects,
+                            rand::random(),
+                        )
+                    } else {
+                        Duration::ZERO
+                    };
+                }
+                End::Failed { error, welcomed } => {
+                    if welcomed {
+                        failures = 0;
+                        redirects = 0;
+                    }
+                    tracing::warn!(%endpoint, %error, "coordinator stream ended");
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(format!("{endpoint}: {error}"));
+                    });
+                    delay = full_jitter(
+                        self.config.reconnect_initial,
+                        self.config.reconnect_max,
+                        failures,
+                        rand::random(),
+                    );
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn failed(&self, e: &(dyn std::error::Error + 'static), failures: &mut u32, delay: &mut Duration) {
+        let error = DisplayChain(e).to_string();
+        tracing::error!(%error, "cannot connect to the coordinator; healing continues locally");
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(error);
+        });
+        *delay = full_jitter(
+            self.config.reconnect_initial,
+            self.config.reconnect_max,
+            *failures,
+            rand::random(),
+        );
+        *failures = failures.saturating_add(1);
+    }
+
+    fn take_event(&self, buffer: &mut EventBuffer, e: Emitted) -> v1::Event {
+        let ev = buffer.push(e);
+        self.publish(buffer);
+        ev
+    }
+
+    fn publish(&self, buffer: &EventBuffer) {
+        self.status.send_modify(|s| {
+            s.last_seq = buffer.last_seq();
+            s.unacked = buffer.len();
+            s.dropped_events = buffer.dropped_total();
+            s.healing_paused = *self.paused.borrow();
+        });
+    }
+
+    /// Sleeps until `until`, buffering events meanwhile. False on shutdown.
+    async fn drain_until(
+        &mut self,
+        shutdown: &CancellationToken,
+        buffer: &mut EventBuffer,
+        until: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                Some(e) = self.events.recv() => { self.take_event(buffer, e); }
+                () = tokio::time::sleep_until(until) => return true,
+            }
+        }
+    }
+
+    fn heartbeat(&self, buffer: &EventBuffer) -> v1::AgentMessage {
+        v1::AgentMessage {
+            kind: Some(agent_message::Kind::Heartbeat(v1::Heartbeat {
+                last_seq: buffer.last_seq(),
+                dropped_events: buffer.dropped_total(),
+                services: self.services.iter().map(|s| s.borrow().wire()).collect(),
+            })),
+        }
+    }
+
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        buffer: &mut EventBuffer,
+        id: &InstanceIdentity,
+        epoch: u64,
+        endpoint: &str,
+        tls_config: Arc<rustls::ClientConfig>,
+    ) -> End {
+        let failed = |error: String| End::Failed {
+            error,
+            welcomed: false,
+        };
+        let channel = match tls::channel(endpoint, tls_config, self.config.connect_timeout) {
+            Ok(c) => c,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel::<v1::AgentMessage>(buffer.cap + 64);
+        let hello = v1::AgentMessage {
+            kind: Some(agent_message::Kind::Hello(v1::Hello {
+                instance_id: id.instance_id.clone(),
+                availability_zone: id.availability_zone.clone(),
+                agent_version: VERSION.to_owned(),
+                epoch,
+                last_seq: buffer.last_seq(),
+                services: self.specs.clone(),
+                healing_paused: *self.paused.borrow(),
+            })),
+        };
+        if tx.try_send(hello).is_err() {
+            return failed("cannot queue Hello".into());
+        }
+        let deadline = self.clock.now() + self.config.connect_timeout + HANDSHAKE_TIMEOUT;
+        let call = client.connect(ReceiverStream::new(rx));
+        tokio::pin!(call);
+        let mut inbound = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                Some(e) = self.events.recv() => { self.take_event(buffer, e); }
+                r = &mut call => match r {
+                    Ok(resp) => break resp.into_inner(),
+                    Err(status) => return failed(status_text(&status)),
+                },
+                () = tokio::time::sleep_until(deadline) => return failed("timed out connecting".into()),
+            }
+        };
+        let welcome = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                Some(e) = self.events.recv() => { self.take_event(buffer, e); }
+                m = inbound.message() => match m {
+                    Ok(Some(v1::CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(w)) })) => break w,
+                    Ok(Some(v1::CoordinatorMessage { kind: Some(coordinator_message::Kind::Redirect(r)) })) => {
+                        return End::Redirect(r.endpoint);
+                    }
+                    Ok(Some(other)) => return failed(format!("expected Welcome, got {other:?}")),
+                    Ok(None) => return failed("stream closed before Welcome".into()),
+                    Err(status) => return failed(status_text(&status)),
+                },
+                () = tokio::time::sleep_until(deadline) => return failed("no Welcome in time".into()),
+            }
+        };
+        let heartbeat_every = welcome
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.config.heartbeat_interval);
+        tracing::info!(%endpoint, coordinator = %welcome.coordinator_id, acked = welcome.acked_seq, "connected to the coordinator");
+        buffer.ack(welcome.acked_seq);
+        if let Some(e) = buffer.flush_drops(self.clock.wall()) {
+            tracing::warn!(event = ?e.kind, "events were dropped while disconnected");
+        }
+        let welcomed = |error: String| End::Failed {
+            error,
+            welcomed: true,
+        };
+        for e in buffer.unacked() {
+            let msg = v1::AgentMessage {
+                kind: Some(agent_message::Kind::Event(e.clone())),
+            };
+            if tx.try_send(msg).is_err() {
+                return welcomed("send queue full during replay".into());
+            }
+        }
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.endpoint = Some(endpoint.to_owned());
+            s.coordinator_id = Some(welcome.coordinator_id.clone());
+            s.last_error = None;
+        });
+        self.publish(buffer);
+
+        let mut tick = tokio::time::interval(heartbeat_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = self.clock.now();
+        let silence = heartbeat_every * 3 + Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                Some(e) = self.events.recv() => {
+                    let ev = self.take_event(buffer, e);
+                    let msg = v1::AgentMessage { kind: Some(agent_message::Kind::Event(ev)) };
+                    if tx.try_send(msg).is_err() {
+                        return welcomed("send queue full: the coordinator is not reading".into());
+                    }
+                }
+                m = inbound.message() => {
+                    last_heard = self.clock.now();
+                    match m {
+                        Ok(Some(v1::CoordinatorMessage { kind: Some(kind) })) => match kind {
+                            coordinator_message::Kind::Ack(a) => {
+                                buffer.ack(a.seq);
+                                if let Some(e) = buffer.flush_drops(self.clock.wall()) {
+                                    let msg = v1::AgentMessage { kind: Some(agent_message::Kind::Event(e)) };
+                                    if tx.try_send(msg).is_err() {
+                                        return welcomed("send queue full".into());
+                                    }
+                                }
+                                self.publish(buffer);
+                            }
+                            coordinator_message::Kind::Directive(d) => self.directive(d),
+                            coordinator_message::Kind::Redirect(r) => return End::Redirect(r.endpoint),
+                            coordinator_message::Kind::Welcome(_) => {}
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) => return welcomed("stream closed by the coordinator".into()),
+                        Err(status) => return welcomed(status_text(&status)),
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.clock.now().saturating_duration_since(last_heard) > silence {
+                        return welcomed(format!("no answer from the coordinator for {silence:?}"));
+                    }
+                    if tx.try_send(self.heartbeat(buffer)).is_err() {
+                        return welcomed("send queue full: the coordinator is not reading".into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn directive(&self, d: v1::Directive) {
+        match d.kind {
+            Some(v1::directive::Kind::PauseHealing(p)) => {
+                tracing::warn!(reason = %p.reason, "coordinator paused local healing");
+                self.paused.send_replace(true);
+            }
+            Some(v1::directive::Kind::ResumeHealing(r)) => {
+                tracing::info!(reason = %r.reason, "coordinator resumed local healing");
+                self.paused.send_replace(false);
+            }
+            None => {}
+        }
+        self.status.send_modify(|s| s.healing_paused = *self.paused.borrow());
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(": ");
+        text.push_str(&DisplayChain(source).to_string());
+    }
+    text
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "certificate {cert} is for instance {in_cert:?} but this agent is {ours:?}; the coordinator will refuse it"
+)]
+pub struct WrongInstance {
+    cert: String,
+    in_cert: String,
+    ours: String,
+}
+
+fn load_tls(
+    files: &TlsFiles,
+    id: &InstanceIdentity,
+) -> Result<Arc<rustls::ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
+    let material = files.load()?;
+    let identity = files.identity(&material)?;
+    let in_cert = identity.instance_id().unwrap_or_default().to_owned();
+    if in_cert != id.instance_id {
+        return Err(Box::new(WrongInstance {
+            cert: files.cert.display().to_string(),
+            in_cert,
+            ours: id.instance_id.clone(),
+        }));
+    }
+    Ok(Arc::new(tls::client_config(material)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn ev(n: u32) -> Emitted {
+        Emitted {
+            at: SystemTime::UNIX_EPOCH,
+            kind: v1::event::Kind::RestartAttempted(v1::RestartAttempted {
+                attempt: n,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn seqs(b: &EventBuffer) -> Vec<u64> {
+        b.unacked().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn events_are_numbered_from_one_and_acks_are_cumulative() {
+        let mut b = EventBuffer::new(10);
+        for i in 0..5 {
+            assert_eq!(b.push(ev(i)).seq, u64::from(i) + 1);
+        }
+        b.ack(3);
+        assert_eq!(seqs(&b), [4, 5]);
+        b.ack(2);
+        assert_eq!(seqs(&b), [4, 5], "an older ack changes nothing");
+        b.ack(5);
+        assert!(b.is_empty());
+        assert_eq!(b.last_seq(), 5);
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_and_reports_the_range_once_there_is_room() {
+        let mut b = EventBuffer::new(3);
+        for i in 0..7 {
+            b.push(ev(i));
+        }
+        assert_eq!(seqs(&b), [5, 6, 7]);
+        assert_eq!(b.dropped_total(), 4);
+        assert!(b.flush_drops(SystemTime::UNIX_EPOCH).is_none(), "no room yet");
+        b.ack(5);
+        let report = b.flush_drops(SystemTime::UNIX_EPOCH).expect("room now");
+        assert_eq!(report.seq, 8);
+        assert_eq!(
+            report.kind,
+            Some(v1::event::Kind::EventsDropped(v1::EventsDropped {
+                count: 4,
+                first_seq: 1,
+                last_seq: 4
+            }))
+        );
+        assert_eq!(seqs(&b), [6, 7, 8]);
+        assert!(b.flush_drops(SystemTime::UNIX_EPOCH).is_none(), "reported once");
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_capped_ceiling() {
+        let i = Duration::from_millis(500);
+        let cap = Duration::from_secs(30);
+        assert_eq!(full_jitter(i, cap, 0, 1.0), i);
+        assert_eq!(full_jitter(i, cap, 3, 1.0), Duration::from_secs(4));
+        assert_eq!(full_jitter(i, cap, 30, 1.0), cap);
+        assert_eq!(full_jitter(i, cap, 30, 0.0), Duration::ZERO);
+        for k in 0..100 {
+            let d = full_jitter(i, cap, 10, f64::from(k) / 100.0);
+            assert!(d <= cap);
+        }
+    }
+}
