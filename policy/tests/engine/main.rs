@@ -1,0 +1,11 @@
+//! The engine's behaviour, end to end over its public API, with a simulated clock: every rung of
+//! the ladder, every guardrail, the three classic disasters, and property tests for each
+//! guardrail invariant. One test binary, so it links once.
+
+#![allow(clippy::unwrap_used)]
+
+mod disasters;
+mod guardrails;
+mod ladder;
+mod properties;
+mod support;
