@@ -291,7 +291,8 @@ impl Engine {
         book.prune(|r| {
             let g = self.config.for_asg(&r.asg);
             let keep_for = g.instance_cooldown.max(g.asg_cooldown);
-            r.finished_at().is_some_and(|t| now.since(t) < keep_for)
+            // Dry-run leaves the book exactly as it was, pruning included.
+            g.dry_run || r.finished_at().is_some_and(|t| now.since(t) < keep_for)
         });
         let mut asgs = fleet.asgs();
         asgs.extend(book.in_flight().map(|r| r.asg.clone()));
