@@ -72,7 +72,10 @@ pub struct GuardrailConfig {
     /// deregistration or replacement. Default [`Self::MIN_HEALTHY_PERCENT`].
     pub min_healthy_percent: u8,
     /// The anomaly brake engages when more than this share of the group, or of one AZ in it, is
-    /// unhealthy or silent, or was within `anomaly_window`. Default [`Self::ANOMALY_PERCENT`].
+    /// unhealthy or silent, or was within `anomaly_window`. Either freezes every destructive step
+    /// in the whole group: an AZ in trouble makes the rest of the group the wrong place to take
+    /// capacity from. Only in-service instances past startup grace are counted.
+    /// Default [`Self::ANOMALY_PERCENT`].
     pub anomaly_percent: u8,
     /// How far back a bad instance still counts toward the anomaly brake after it recovered, so a
     /// brake does not let go while an outage is still flickering. Default [`Self::ANOMALY_WINDOW`].

@@ -15,6 +15,9 @@
 //! 3. the coordinator carries out each [`Decision::executable`] action and reports what happened
 //!    with [`RemediationBook::record`].
 //!
+//! Alerts, holds and waits repeat on every pass while their condition lasts: the engine keeps no
+//! memory of what it told, so the coordinator notifies on change.
+//!
 //! Dry-run ASGs get [`DecisionKind::WouldAct`], which is not executable, and leave the book as it
 //! was.
 

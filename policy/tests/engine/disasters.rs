@@ -122,6 +122,23 @@ fn az_outage_leads_to_no_replacement() {
 }
 
 #[test]
+fn az_outage_without_the_brake_would_replace_instances() {
+    // Control for the test above: with the brakes off the same outage runs the ladder to
+    // replacement, so the test above passes because of the brake, not by accident.
+    let mut raw = autoheal_policy::RawConfig::default();
+    raw.guardrails.anomaly_percent = 100;
+    raw.guardrails.min_healthy_percent = 0;
+    let mut sim = Sim::new(Config::try_new(raw).expect("valid"));
+    sim.add_group("web", 12, &["a", "b", "c", "d"], &["tg-http"]);
+    for i in ["web-0", "web-4", "web-8"] {
+        sim.silence(i);
+        sim.set_alb(i, TargetState::Unavailable);
+    }
+    sim.run(secs(3600), secs(10));
+    assert!(replacements(&sim) > 0, "{:#?}", sim.acted());
+}
+
+#[test]
 fn network_partition_leads_to_no_action_at_all() {
     // Coordinator cut off from the fleet: every agent silent at once, the ALB still healthy.
     let mut sim = Sim::new(Config::default());
