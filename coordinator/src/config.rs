@@ -26,6 +26,65 @@ struct RawConfig {
     tls: Option<RawTls>,
     tls_reload_interval: Option<String>,
     agents: Option<RawAgents>,
+    aws: Option<RawAws>,
+    ladder: Option<RawLadder>,
+    guardrails: Option<RawGuardrails>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawAws {
+    region: Option<String>,
+    endpoint: Option<String>,
+    asg_names: Option<Vec<String>>,
+    asg_tag: Option<String>,
+    interval: Option<String>,
+    replace_with: Option<String>,
+    respect_grace_period: Option<bool>,
+    call_timeout: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawLadder {
+    agent_silence_grace: Option<String>,
+    ssm_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    action_timeout: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+struct RawGuard {
+    max_concurrent: Option<u32>,
+    max_concurrent_percent: Option<u8>,
+    min_healthy_percent: Option<u8>,
+    anomaly_percent: Option<u8>,
+    anomaly_window: Option<String>,
+    dependency_percent: Option<u8>,
+    brake_min_instances: Option<u32>,
+    instance_cooldown: Option<String>,
+    asg_cooldown: Option<String>,
+    startup_grace: Option<String>,
+    flap_transitions: Option<u32>,
+    flap_window: Option<String>,
+    act_on_alb_unhealthy: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawGuardrails {
+    #[serde(flatten)]
+    defaults: RawGuard,
+    asg: Option<std::collections::BTreeMap<String, RawGuard>>,
+}
+
+/// How the coordinator reaches AWS and which groups it looks after.
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    pub settings: crate::aws::AwsSettings,
+    pub selector: crate::aws::Selector,
+    pub interval: Duration,
+    pub replace_with: crate::control::ReplaceWith,
+    pub respect_grace_period: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -51,6 +110,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub max_concurrent_handshakes: NonZeroUsize,
     pub handshake_timeout: Duration,
+    /// `None`: no `[aws]` section, the coordinator only watches (no inventory, no actions).
+    pub aws: Option<AwsConfig>,
+    pub policy: autoheal_policy::Config,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -151,6 +213,14 @@ impl Config {
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or("state"));
         let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
 
+        let aws = raw.aws.map(|a| aws_config(a, &mut errors));
+        let policy = policy_config(
+            raw.ladder.unwrap_or_default(),
+            raw.guardrails.unwrap_or_default(),
+            raw.dry_run.unwrap_or(true),
+            &mut errors,
+        );
+
         errors.finish(Config {
             coordinator_id,
             listen,
@@ -163,6 +233,8 @@ impl Config {
             heartbeat_interval,
             max_concurrent_handshakes,
             handshake_timeout,
+            aws,
+            policy,
         })
     }
 
@@ -178,6 +250,176 @@ impl Config {
             }
         }
         errors
+    }
+}
+
+fn aws_config(raw: RawAws, errors: &mut ConfigErrors) -> AwsConfig {
+    use crate::{aws::Selector, control::ReplaceWith};
+    let defaults = crate::aws::AwsSettings::default();
+    let region = raw
+        .region
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .unwrap_or(defaults.region.clone());
+    let selector = match (raw.asg_names, raw.asg_tag) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "aws.asg_names",
+                "give either asg_names or asg_tag, not both",
+            );
+            Selector::Names(Vec::new())
+        }
+        (Some(names), None) => {
+            if names.is_empty() {
+                errors.push("aws.asg_names", "must name at least one group");
+            }
+            Selector::Names(names)
+        }
+        (None, tag) => {
+            let tag = tag.unwrap_or_else(|| "autoheal:enabled=true".to_owned());
+            match tag.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Selector::Tag {
+                    key: k.to_owned(),
+                    value: v.to_owned(),
+                },
+                _ => {
+                    errors.push(
+                        "aws.asg_tag",
+                        format!("{tag:?}: use KEY=VALUE, e.g. autoheal:enabled=true"),
+                    );
+                    Selector::Names(Vec::new())
+                }
+            }
+        }
+    };
+    let replace_with = match raw.replace_with.as_deref() {
+        None | Some("set-instance-health") => ReplaceWith::SetInstanceHealth,
+        Some("terminate") => ReplaceWith::Terminate,
+        Some(other) => {
+            errors.push(
+                "aws.replace_with",
+                format!("{other:?}: use \"set-instance-health\" or \"terminate\""),
+            );
+            ReplaceWith::SetInstanceHealth
+        }
+    };
+    let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
+    if max_attempts == 0 {
+        errors.push("aws.max_attempts", "must be at least 1");
+    }
+    let interval = errors.duration(
+        "aws.interval",
+        raw.interval.as_deref(),
+        Duration::from_secs(15),
+    );
+    if interval < Duration::from_millis(100) {
+        errors.push("aws.interval", "must be at least 100ms");
+    }
+    AwsConfig {
+        settings: crate::aws::AwsSettings {
+            region,
+            endpoint: raw
+                .endpoint
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()),
+            call_timeout: errors.duration(
+                "aws.call_timeout",
+                raw.call_timeout.as_deref(),
+                defaults.call_timeout,
+            ),
+            max_attempts: max_attempts.max(1),
+            ..defaults
+        },
+        selector,
+        interval,
+        replace_with,
+        respect_grace_period: raw.respect_grace_period.unwrap_or(true),
+    }
+}
+
+fn guard_override(
+    raw: &RawGuard,
+    prefix: &str,
+    errors: &mut ConfigErrors,
+) -> autoheal_policy::GuardrailOverride {
+    let mut d = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .and_then(|v| match autoheal_proto::config::parse_duration(v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.push(format!("{prefix}{name}"), e);
+                    None
+                }
+            })
+    };
+    autoheal_policy::GuardrailOverride {
+        max_concurrent: raw.max_concurrent,
+        max_concurrent_percent: raw.max_concurrent_percent,
+        min_healthy_percent: raw.min_healthy_percent,
+        anomaly_percent: raw.anomaly_percent,
+        anomaly_window: d("anomaly_window", &raw.anomaly_window),
+        dependency_percent: raw.dependency_percent,
+        brake_min_instances: raw.brake_min_instances,
+        instance_cooldown: d("instance_cooldown", &raw.instance_cooldown),
+        asg_cooldown: d("asg_cooldown", &raw.asg_cooldown),
+        startup_grace: d("startup_grace", &raw.startup_grace),
+        flap_transitions: raw.flap_transitions,
+        flap_window: d("flap_window", &raw.flap_window),
+        dry_run: None,
+        act_on_alb_unhealthy: raw.act_on_alb_unhealthy,
+    }
+}
+
+fn policy_config(
+    ladder: RawLadder,
+    guardrails: RawGuardrails,
+    dry_run: bool,
+    errors: &mut ConfigErrors,
+) -> autoheal_policy::Config {
+    let mut raw = autoheal_policy::RawConfig::default();
+    let l = &mut raw.ladder;
+    l.agent_silence_grace = errors.duration(
+        "ladder.agent_silence_grace",
+        ladder.agent_silence_grace.as_deref(),
+        l.agent_silence_grace,
+    );
+    l.ssm_timeout = errors.duration(
+        "ladder.ssm_timeout",
+        ladder.ssm_timeout.as_deref(),
+        l.ssm_timeout,
+    );
+    l.drain_timeout = errors.duration(
+        "ladder.drain_timeout",
+        ladder.drain_timeout.as_deref(),
+        l.drain_timeout,
+    );
+    l.action_timeout = errors.duration(
+        "ladder.action_timeout",
+        ladder.action_timeout.as_deref(),
+        l.action_timeout,
+    );
+    if let Some(n) = ladder.max_attempts {
+        l.max_attempts = n;
+    }
+    let global = guard_override(&guardrails.defaults, "guardrails.", errors);
+    raw.guardrails = global.apply(&raw.guardrails);
+    // The coordinator-wide dry-run switch wins: acting is opted into in one place.
+    raw.guardrails.dry_run = dry_run;
+    for (asg, g) in guardrails.asg.unwrap_or_default() {
+        let o = guard_override(&g, &format!("guardrails.asg.{asg}."), errors);
+        raw.asg.insert(asg, o);
+    }
+    match autoheal_policy::Config::try_new(raw) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in e.problems {
+                let path = if p.path.starts_with("ladder") || p.path.starts_with("asg.") {
+                    p.path.replacen("asg.", "guardrails.asg.", 1)
+                } else {
+                    format!("guardrails.{}", p.path.trim_start_matches("guardrails."))
+                };
+                errors.push(path, p.message);
+            }
+            autoheal_policy::Config::default()
+        }
     }
 }
 

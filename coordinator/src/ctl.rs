@@ -246,6 +246,9 @@ pub fn instance_json(i: &v1::Instance) -> Value {
         "recent_events": i.recent_events.iter().map(event_json).collect::<Vec<_>>(),
         "dropped_events": i.dropped_events,
         "skipped": i.skipped,
+        "targets": i.targets.iter().map(|t| json!({"target_group": t.target_group_arn, "state": t.state, "reason": t.reason})).collect::<Vec<_>>(),
+        "asg": i.asg.as_ref().map(|a| json!({"lifecycle_state": a.lifecycle_state, "health_status": a.health_status, "protected_from_scale_in": a.protected_from_scale_in})),
+        "actions": i.actions.iter().map(action_json).collect::<Vec<_>>(),
     })
 }
 
@@ -261,6 +264,37 @@ pub fn instance_text(i: &v1::Instance) -> String {
         .map(|s| vec![s.name.clone(), service_state(s.state).into()])
         .collect();
     out.push_str(&table(&["SERVICE", "STATE"], &rows));
+    if let Some(a) = &i.asg {
+        out.push_str(&format!(
+            "\nASG: {} / {}{}\n",
+            a.lifecycle_state,
+            a.health_status,
+            if a.protected_from_scale_in {
+                " (scale-in protected)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !i.targets.is_empty() {
+        out.push_str("\nTARGETS\n");
+        let rows: Vec<Vec<String>> = i
+            .targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.target_group_arn.clone(),
+                    t.state.clone(),
+                    t.reason.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["TARGET GROUP", "STATE", "REASON"], &rows));
+    }
+    if !i.actions.is_empty() {
+        out.push_str("\nACTIONS\n");
+        out.push_str(&actions_table(&i.actions));
+    }
     out.push_str("\nRECENT EVENTS\n");
     for e in &i.recent_events {
         out.push_str(&event_line(e));
@@ -270,6 +304,54 @@ pub fn instance_text(i: &v1::Instance) -> String {
         out.push_str(&format!("(agent dropped {} events)\n", i.dropped_events));
     }
     out
+}
+
+pub fn action_kind(raw: i32) -> &'static str {
+    match v1::ActionKind::try_from(raw).unwrap_or_default() {
+        v1::ActionKind::Unspecified => "-",
+        v1::ActionKind::Deregister => "deregister",
+        v1::ActionKind::Replace => "replace",
+        v1::ActionKind::RemoteRestart => "remote-restart",
+    }
+}
+
+pub fn action_status(raw: i32) -> &'static str {
+    match v1::ActionStatus::try_from(raw).unwrap_or_default() {
+        v1::ActionStatus::Unspecified => "-",
+        v1::ActionStatus::Intended => "intended",
+        v1::ActionStatus::Succeeded => "succeeded",
+        v1::ActionStatus::Failed => "failed",
+        v1::ActionStatus::DryRun => "dry-run",
+        v1::ActionStatus::Held => "held",
+    }
+}
+
+pub fn action_json(a: &v1::Action) -> Value {
+    json!({
+        "id": a.id, "instance_id": a.instance_id, "kind": action_kind(a.kind),
+        "status": action_status(a.status), "reason": a.reason, "detail": a.detail,
+        "at": time(a.at.as_ref()), "fencing_token": a.fencing_token, "requested_by": a.requested_by,
+    })
+}
+
+pub fn actions_table(actions: &[v1::Action]) -> String {
+    let rows: Vec<Vec<String>> = actions
+        .iter()
+        .map(|a| {
+            vec![
+                time(a.at.as_ref()),
+                a.instance_id.clone(),
+                action_kind(a.kind).into(),
+                action_status(a.status).into(),
+                if a.detail.is_empty() {
+                    a.reason.clone()
+                } else {
+                    format!("{} — {}", a.reason, a.detail)
+                },
+            ]
+        })
+        .collect();
+    table(&["AT", "INSTANCE", "ACTION", "STATUS", "WHY / WHAT"], &rows)
 }
 
 pub fn event_json(e: &v1::FleetEvent) -> Value {

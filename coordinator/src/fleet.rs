@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Event, EventKind, Heartbeat, Hello, ServiceSpec, ServiceState};
+use crate::{
+    aws::{Group, Member, Target},
+    report::{Event, EventKind, Heartbeat, Hello, ServiceSpec, ServiceState},
+};
 
 /// How many fleet events are kept for `WatchEvents` resumption and `GetInstance`.
 const EVENT_LOG: usize = 10_000;
@@ -73,8 +76,44 @@ pub struct InstanceRecord {
     pub agent: Option<AgentView>,
     pub recent_events: VecDeque<FleetEvent>,
     pub skipped: bool,
+    /// When this coordinator first saw the instance (from the ASG or its agent).
+    pub first_seen: SystemTime,
+    /// The ASG's view of the instance, from the last inventory.
+    pub asg_member: Option<Member>,
+    /// Target health per target group, from the last inventory.
+    pub targets: Vec<TargetRecord>,
+    /// When services changed state, for flap detection.
+    pub health_changes: VecDeque<SystemTime>,
     session: u64,
     session_cancel: Option<CancellationToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub target_group: String,
+    pub state: String,
+    pub reason: String,
+    /// Since when the state has been what it is.
+    pub since: SystemTime,
+}
+
+impl InstanceRecord {
+    fn new(instance_id: &str, availability_zone: &str) -> Self {
+        Self {
+            instance_id: instance_id.to_owned(),
+            availability_zone: availability_zone.to_owned(),
+            asg: None,
+            agent: None,
+            recent_events: VecDeque::new(),
+            skipped: false,
+            first_seen: SystemTime::now(),
+            asg_member: None,
+            targets: Vec::new(),
+            health_changes: VecDeque::new(),
+            session: 0,
+            session_cancel: None,
+        }
+    }
 }
 
 /// A connected agent stream, as the registry knows it.
@@ -179,16 +218,7 @@ impl Fleet {
         let record = state
             .instances
             .entry(hello.instance_id.clone())
-            .or_insert_with(|| InstanceRecord {
-                instance_id: hello.instance_id.clone(),
-                availability_zone: hello.availability_zone.clone(),
-                asg: None,
-                agent: None,
-                recent_events: VecDeque::new(),
-                skipped: false,
-                session: 0,
-                session_cancel: None,
-            });
+            .or_insert_with(|| InstanceRecord::new(&hello.instance_id, &hello.availability_zone));
         if let Some(old) = record.session_cancel.replace(superseded.clone()) {
             old.cancel();
         }
@@ -285,7 +315,15 @@ impl Fleet {
 
     pub fn event(&self, session: &Session, event: &Event) -> Recorded {
         let mut state = self.lock();
-        let Some(agent) = current_agent(&mut state, session) else {
+        let Some(record) = state
+            .instances
+            .get_mut(&session.instance_id)
+            .filter(|r| r.session == session.id)
+        else {
+            return Recorded::Superseded;
+        };
+        let health_changes = &mut record.health_changes;
+        let Some(agent) = record.agent.as_mut() else {
             return Recorded::Superseded;
         };
         agent.last_seen = SystemTime::now();
@@ -299,6 +337,10 @@ impl Fleet {
         match &event.kind {
             EventKind::ServiceStateChanged { service, to, .. } => {
                 agent.services.insert(service.clone(), *to);
+                if health_changes.len() == 32 {
+                    health_changes.pop_front();
+                }
+                health_changes.push_back(event.at);
             }
             EventKind::Escalated {
                 service, reason, ..
@@ -343,6 +385,85 @@ impl Fleet {
             event.kind.describe(),
         );
         Recorded::New { acked_seq }
+    }
+
+    /// Folds a fresh inventory into the view: which ASG each instance is in, its lifecycle and
+    /// health there, and its target health in each target group. Returns the ids of connected
+    /// agents no known ASG claims (reported, never acted on).
+    pub fn apply_inventory(
+        &self,
+        groups: &[Group],
+        targets: &BTreeMap<String, Vec<Target>>,
+    ) -> Vec<String> {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let mut claimed = BTreeSet::new();
+        let mut new_instances = Vec::new();
+        for group in groups {
+            for member in &group.instances {
+                claimed.insert(member.instance_id.clone());
+                let record = state
+                    .instances
+                    .entry(member.instance_id.clone())
+                    .or_insert_with(|| {
+                        new_instances.push((member.instance_id.clone(), group.name.clone()));
+                        InstanceRecord::new(&member.instance_id, &member.availability_zone)
+                    });
+                record.asg = Some(group.name.clone());
+                if record.availability_zone.is_empty() {
+                    record.availability_zone = member.availability_zone.clone();
+                }
+                record.asg_member = Some(member.clone());
+                let mut fresh = Vec::new();
+                for tg in &group.target_groups {
+                    let Some(target) = targets
+                        .get(tg)
+                        .and_then(|ts| ts.iter().find(|t| t.instance_id == member.instance_id))
+                    else {
+                        continue;
+                    };
+                    let since = record
+                        .targets
+                        .iter()
+                        .find(|old| &old.target_group == tg && old.state == target.state)
+                        .map_or(now, |old| old.since);
+                    fresh.push(TargetRecord {
+                        target_group: tg.clone(),
+                        state: target.state.clone(),
+                        reason: target.reason.clone(),
+                        since,
+                    });
+                }
+                record.targets = fresh;
+            }
+        }
+        for record in state.instances.values_mut() {
+            if !claimed.contains(&record.instance_id) {
+                record.asg_member = None;
+            }
+        }
+        for (id, asg) in new_instances {
+            push_event(
+                &mut state,
+                &self.events,
+                &id,
+                "instance-discovered",
+                format!("instance found in auto scaling group {asg}"),
+            );
+        }
+        state
+            .instances
+            .values()
+            .filter(|r| r.agent.as_ref().is_some_and(|a| a.connected))
+            .filter(|r| !claimed.contains(&r.instance_id))
+            .map(|r| r.instance_id.clone())
+            .collect()
+    }
+
+    /// Records a fleet event that is not from an agent (decisions, actions, inventory trouble).
+    pub fn record_event(&self, instance_id: &str, kind: &str, message: String) {
+        let mut state = self.lock();
+        push_event(&mut state, &self.events, instance_id, kind, message);
     }
 
     pub fn instances(&self, filter: &InstanceFilter) -> Vec<InstanceRecord> {

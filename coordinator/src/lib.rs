@@ -4,11 +4,14 @@
 //! I/O lives at the edges: `grpc` is the only module that knows wire types; the decision engine
 //! lives in the pure `autoheal-policy` crate. This crate must not be depended on by the agent.
 
+pub mod aws;
 pub mod aws_actions;
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod fleet;
 pub mod grpc;
+pub mod journal;
 pub mod pki;
 pub mod report;
 pub mod server;

@@ -20,9 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    aws::sdk::Clients,
     config::Config,
+    control::{Controller, Hands, Settings as ControlSettings},
     fleet::Fleet,
     grpc::{TlsListener, agent::AgentStreams, authz::AuthzLayer, fleet::FleetApi},
+    journal::Journal,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -99,6 +104,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
+    let journal = Arc::new(Journal::open(&config.state_dir)?);
+
     let (reloader, tls_configs) = ServerReloader::new(
         config.tls.clone(),
         config.trust_domain.clone(),
@@ -134,8 +141,38 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let api = FleetApi {
         fleet: fleet.clone(),
+        journal: journal.clone(),
         shutdown: shutdown.clone(),
     };
+    if let Some(aws) = &config.aws {
+        let clients = Arc::new(Clients::new(aws.settings.clone()).await);
+        let hands = Hands {
+            groups: clients.clone(),
+            lb: clients.clone(),
+            commands: clients,
+        };
+        let controller = Controller::new(
+            autoheal_policy::Engine::new(config.policy.clone()),
+            fleet.clone(),
+            hands,
+            journal.clone(),
+            ControlSettings {
+                selector: aws.selector.clone(),
+                interval: aws.interval,
+                replace_with: aws.replace_with,
+                respect_grace: aws.respect_grace_period,
+                fencing_token: 0,
+            },
+        );
+        tokio::spawn(
+            controller
+                .run(shutdown.clone())
+                .instrument(tracing::info_span!("controller")),
+        );
+        tracing::info!(region = %aws.settings.region, endpoint = ?aws.settings.endpoint, selector = ?aws.selector, "acting on AWS");
+    } else {
+        tracing::info!("no [aws] section: watching agents only, no inventory, no actions");
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -178,7 +178,8 @@ pub struct GuardrailOverride {
 }
 
 impl GuardrailOverride {
-    fn apply(&self, base: &GuardrailConfig) -> GuardrailConfig {
+    /// These overrides laid over `base`.
+    pub fn apply(&self, base: &GuardrailConfig) -> GuardrailConfig {
         GuardrailConfig {
             max_concurrent: self.max_concurrent.unwrap_or(base.max_concurrent),
             max_concurrent_percent: self

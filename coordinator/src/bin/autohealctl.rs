@@ -307,24 +307,12 @@ async fn call(
                 .actions;
             if json {
                 print_json(&serde_json::Value::Array(
-                    actions
-                        .iter()
-                        .map(|a| serde_json::json!({"id": a.id, "instance_id": a.instance_id, "kind": a.kind, "status": a.status, "reason": a.reason}))
-                        .collect(),
+                    actions.iter().map(ctl::action_json).collect(),
                 ));
             } else if actions.is_empty() {
                 println!("no actions recorded");
             } else {
-                for a in actions {
-                    println!(
-                        "{} {} {:?} {:?} {}",
-                        a.id,
-                        a.instance_id,
-                        a.kind(),
-                        a.status(),
-                        a.reason
-                    );
-                }
+                print!("{}", ctl::actions_table(&actions));
             }
         }
         Command::Pause { reason } => {

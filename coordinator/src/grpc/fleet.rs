@@ -18,6 +18,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct FleetApi {
     pub fleet: Fleet,
+    pub journal: std::sync::Arc<crate::journal::Journal>,
     pub shutdown: CancellationToken,
 }
 
@@ -39,6 +40,38 @@ fn pause_to_wire(p: PauseState) -> v1::PauseState {
         reason: p.reason,
         by: p.by,
         since: p.since.map(ts),
+    }
+}
+
+pub fn action_to_wire(e: crate::journal::Entry) -> v1::Action {
+    use crate::journal::{Phase, Step};
+    v1::Action {
+        id: e.key,
+        instance_id: e.instance_id,
+        kind: match e.step {
+            Step::Deregister | Step::Drain => v1::ActionKind::Deregister,
+            Step::Replace | Step::Terminate => v1::ActionKind::Replace,
+            Step::Ssm => v1::ActionKind::RemoteRestart,
+        }
+        .into(),
+        status: match e.phase {
+            Phase::Intent => v1::ActionStatus::Intended,
+            Phase::Succeeded => v1::ActionStatus::Succeeded,
+            Phase::Failed => v1::ActionStatus::Failed,
+            Phase::WouldAct => v1::ActionStatus::DryRun,
+        }
+        .into(),
+        reason: e.reason,
+        detail: if e.target_groups.is_empty() {
+            e.detail
+        } else {
+            format!("{} [{}]", e.detail, e.target_groups.join(", "))
+        },
+        at: Some(ts(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms)
+        )),
+        fencing_token: e.fencing_token,
+        requested_by: e.requested_by,
     }
 }
 
@@ -231,9 +264,26 @@ impl FleetService for FleetApi {
                 })
                 .unwrap_or_default(),
             recent_events: r.recent_events.iter().cloned().map(event_to_wire).collect(),
-            targets: vec![],
-            asg: None,
-            actions: vec![],
+            targets: r
+                .targets
+                .iter()
+                .map(|t| v1::TargetHealth {
+                    target_group_arn: t.target_group.clone(),
+                    state: t.state.clone(),
+                    reason: t.reason.clone(),
+                })
+                .collect(),
+            asg: r.asg_member.as_ref().map(|m| v1::AsgView {
+                lifecycle_state: m.lifecycle.clone(),
+                health_status: m.health.clone(),
+                protected_from_scale_in: m.protected,
+            }),
+            actions: self
+                .journal
+                .recent(Some(&id), 20)
+                .into_iter()
+                .map(action_to_wire)
+                .collect(),
             dropped_events: agent.map_or(0, |a| a.dropped_events),
             skipped: r.skipped,
         }))
@@ -272,10 +322,22 @@ impl FleetService for FleetApi {
 
     async fn list_actions(
         &self,
-        _request: Request<v1::ListActionsRequest>,
+        request: Request<v1::ListActionsRequest>,
     ) -> Result<Response<v1::ListActionsResponse>, Status> {
-        // The action journal arrives with the AWS adapters; until then nothing has been acted on.
-        Ok(Response::new(v1::ListActionsResponse { actions: vec![] }))
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit.min(10_000)
+        } as usize;
+        let instance = (!req.instance_id.is_empty()).then_some(req.instance_id.as_str());
+        let actions = self
+            .journal
+            .recent(instance, limit)
+            .into_iter()
+            .map(action_to_wire)
+            .collect();
+        Ok(Response::new(v1::ListActionsResponse { actions }))
     }
 
     async fn pause(

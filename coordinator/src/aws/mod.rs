@@ -1,0 +1,331 @@
+//! The coordinator's hands on AWS: one place that builds SDK clients (region, endpoint override,
+//! timeouts), one `is_retryable`, one retry loop with backoff and full jitter, and the small traits
+//! the rest of the coordinator uses — `ScalingGroups`, `LoadBalancer`, `RemoteCommand` — with
+//! their SDK implementations.
+
+pub mod sdk;
+
+use std::{fmt, future::Future, time::Duration};
+
+use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
+use rand::Rng as _;
+
+/// Where and how to reach AWS.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub region: String,
+    /// e.g. `http://127.0.0.1:5000` for moto; `None` for the real endpoints.
+    pub endpoint: Option<String>,
+    /// Bound on one attempt of one call.
+    pub call_timeout: Duration,
+    /// Attempts of one call before it's reported failed (and retried at the next pass).
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            endpoint: None,
+            call_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An AWS call that failed for good (after retries, or at once when retrying can't help).
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {message}{}", if *attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() })]
+pub struct AwsError {
+    pub operation: &'static str,
+    pub message: String,
+    pub code: Option<String>,
+    pub retryable: bool,
+    pub attempts: u32,
+}
+
+/// Error codes AWS uses for throttling and transient server trouble.
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "EC2ThrottledException",
+];
+
+/// The one answer to "is it worth trying this call again?": throttling, 5xx, timeouts and
+/// connection trouble are; client errors (bad request, access denied, not found) are not.
+pub fn is_retryable<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+    R: HttpStatus,
+{
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status();
+            status >= 500
+                || status == 429
+                || service
+                    .err()
+                    .code()
+                    .is_some_and(|code| RETRYABLE_CODES.contains(&code))
+        }
+        SdkError::ConstructionFailure(_) => false,
+        _ => false,
+    }
+}
+
+/// The HTTP status of a raw response, whatever the SDK's response type.
+pub trait HttpStatus {
+    fn status(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_autoscaling::config::http::HttpResponse {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn describe<E, R>(error: &SdkError<E, R>) -> (String, Option<String>)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().map(str::to_owned);
+            let message = match (e.code(), e.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_owned(),
+                (None, Some(m)) => m.to_owned(),
+                (None, None) => e.to_string(),
+            };
+            (message, code)
+        }
+        other => {
+            let mut message = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            (message, None)
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a random wait in [0, min(cap, base * 2^attempt)].
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(cap);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// Runs `call` until it succeeds, fails with an error retrying can't fix, or runs out of
+/// attempts; each attempt bounded by the settings' call timeout.
+pub async fn retry<T, E, R, F, Fut>(
+    settings: &AwsSettings,
+    operation: &'static str,
+    mut call: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: HttpStatus + fmt::Debug,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = tokio::time::timeout(settings.call_timeout, call()).await;
+        let (message, code, retryable) = match outcome {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => {
+                let retryable = is_retryable(&error);
+                let (message, code) = describe(&error);
+                (message, code, retryable)
+            }
+            Err(_) => (
+                format!("no answer within {:?}", settings.call_timeout),
+                None,
+                true,
+            ),
+        };
+        if !retryable || attempt >= settings.max_attempts {
+            return Err(AwsError {
+                operation,
+                message,
+                code,
+                retryable,
+                attempts: attempt,
+            });
+        }
+        let wait = backoff(attempt, settings.base_backoff, settings.max_backoff);
+        tracing::warn!(operation, attempt, error = %message, ?wait, "AWS call failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// An Auto Scaling group as the inventory sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub target_groups: Vec<String>,
+    pub instances: Vec<Member>,
+    pub health_check_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub instance_id: String,
+    pub availability_zone: String,
+    /// e.g. `InService`, `Pending`, `Terminating`, `Standby`, `Detaching`.
+    pub lifecycle: String,
+    /// `Healthy` or `Unhealthy`.
+    pub health: String,
+    pub protected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub instance_id: String,
+    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable`.
+    pub state: String,
+    pub reason: String,
+}
+
+/// Which groups autoheal looks after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Names(Vec<String>),
+    /// Groups carrying this tag key with this value, e.g. `autoheal:enabled` = `true`.
+    Tag {
+        key: String,
+        value: String,
+    },
+}
+
+#[tonic::async_trait]
+pub trait ScalingGroups: Send + Sync {
+    async fn groups(&self, selector: &Selector) -> Result<Vec<Group>, AwsError>;
+    /// `SetInstanceHealth(Unhealthy)`: the group replaces the instance (launch-before-terminate
+    /// where its maintenance policy says so).
+    async fn mark_unhealthy(&self, instance_id: &str, respect_grace: bool) -> Result<(), AwsError>;
+    /// `TerminateInstanceInAutoScalingGroup` without decrementing: the group launches a replacement.
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
+}
+
+#[tonic::async_trait]
+pub trait LoadBalancer: Send + Sync {
+    async fn target_health(&self, target_group: &str) -> Result<Vec<Target>, AwsError>;
+    async fn deregistration_delay(&self, target_group: &str) -> Result<Duration, AwsError>;
+    async fn deregister(&self, target_group: &str, instance_id: &str) -> Result<(), AwsError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandStatus {
+    Pending,
+    Succeeded { output: String },
+    Failed { status: String, output: String },
+}
+
+#[tonic::async_trait]
+pub trait RemoteCommand: Send + Sync {
+    /// Runs a fixed shell script on the instance with `AWS-RunShellScript`; returns the command id.
+    async fn run(
+        &self,
+        instance_id: &str,
+        commands: &[String],
+        comment: &str,
+    ) -> Result<String, AwsError>;
+    async fn status(&self, command_id: &str, instance_id: &str) -> Result<CommandStatus, AwsError>;
+}
+
+/// The fixed SSM remediation script: restart the agent, then each declared unit. Unit names come
+/// from the agent's Hello, but only names made of a safe alphabet get in — nothing from the wire
+/// reaches the shell unchecked.
+pub fn remediation_script(units: &[String]) -> Result<Vec<String>, String> {
+    let mut commands = vec!["systemctl restart autoheal-agent.service".to_owned()];
+    for unit in units {
+        let safe = !unit.is_empty()
+            && unit.len() <= 256
+            && !unit.starts_with('-')
+            && unit.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@' | b':')
+            });
+        if !safe {
+            return Err(format!(
+                "unit name {unit:?} is not a plain systemd unit name"
+            ));
+        }
+        commands.push(format!("systemctl restart -- {unit}"));
+    }
+    Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        for attempt in 0..30 {
+            assert!(backoff(attempt, base, cap) <= cap);
+        }
+        let samples: std::collections::BTreeSet<_> =
+            (0..50).map(|_| backoff(5, base, cap)).collect();
+        assert!(
+            samples.len() > 10,
+            "full jitter spreads retries: {samples:?}"
+        );
+    }
+
+    #[test]
+    fn remediation_script_refuses_anything_but_unit_names() {
+        assert_eq!(
+            remediation_script(&["web.service".into(), "worker@1.service".into()]).expect("ok"),
+            [
+                "systemctl restart autoheal-agent.service",
+                "systemctl restart -- web.service",
+                "systemctl restart -- worker@1.service"
+            ]
+        );
+        for bad in [
+            "web; rm -rf /",
+            "$(reboot)",
+            "a b",
+            "--force",
+            "",
+            "web`id`",
+        ] {
+            assert!(remediation_script(&[bad.into()]).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! SDK implementations of the AWS traits. The only module that builds SDK clients.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_autoscaling::types::Filter;
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
+use aws_sdk_ssm::types::CommandInvocationStatus;
+
+use super::{
+    AwsError, AwsSettings, CommandStatus, Group, LoadBalancer, Member, RemoteCommand,
+    ScalingGroups, Selector, Target, retry,
+};
+
+/// SDK clients for every service the coordinator calls, sharing one configuration.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub settings: AwsSettings,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl Clients {
+    /// Credentials come from the standard chain (environment, ECS task role, instance profile).
+    /// The SDK's own retries are off: `retry` does it, with one `is_retryable`, and logs each.
+    pub async fn new(settings: AwsSettings) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(settings.call_timeout)
+                    .build(),
+            );
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        Self {
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&config),
+            ssm: aws_sdk_ssm::Client::new(&config),
+            dynamodb: aws_sdk_dynamodb::Client::new(&config),
+            settings,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ScalingGroups for Clients {
+    async fn groups(&self, selector: &Selector) -> Result<Vec<Group>, AwsError> {
+        let mut groups = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = retry(
+                &self.settings,
+                "autoscaling:DescribeAutoScalingGroups",
+                || {
+                    let mut request = self
+                        .autoscaling
+                        .describe_auto_scaling_groups()
+                        .set_next_token(token.clone());
+                    request = match selector {
+                        Selector::Names(names) => {
+                            request.set_auto_scaling_group_names(Some(names.clone()))
+                        }
+                        Selector::Tag { key, value } => request.filters(
+                            Filter::builder()
+                                .name(format!("tag:{key}"))
+                                .values(value.clone())
+                                .build(),
+                        ),
+                    };
+                    request.send()
+                },
+            )
+            .await?;
+            for g in page.auto_scaling_groups() {
+                groups.push(Group {
+                    name: g.auto_scaling_group_name().unwrap_or_default().to_owned(),
+                    target_groups: g.target_group_arns().to_vec(),
+                    health_check_grace: Duration::from_secs(
+                        u64::try_from(g.health_check_grace_period().unwrap_or(0)).unwrap_or(0),
+                    ),
+                    instances: g
+                        .instances()
+                        .iter()
+                        .map(|i| Member {
+                            instance_id: i.instance_id().unwrap_or_default().to_owned(),
+                            availability_zone: i.availability_zone().unwrap_or_default().to_owned(),
+                            lifecycle: i
+                                .lifecycle_state()
+                                .map(|l| l.as_str().to_owned())
+                                .unwrap_or_default(),
+                            health: i.health_status().unwrap_or_default().to_owned(),
+                            protected: i.protected_from_scale_in().unwrap_or(false),
+                        })
+                        .collect(),
+                });
+            }
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(groups);
+            }
+        }
+    }
+
+    async fn mark_unhealthy(&self, instance_id: &str, respect_grace: bool) -> Result<(), AwsError> {
+        retry(&self.settings, "autoscaling:SetInstanceHealth", || {
+            self.autoscaling
+                .set_instance_health()
+                .instance_id(instance_id)
+                .health_status("Unhealthy")
+                .should_respect_grace_period(respect_grace)
+                .send()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        retry(
+            &self.settings,
+            "autoscaling:TerminateInstanceInAutoScalingGroup",
+            || {
+                self.autoscaling
+                    .terminate_instance_in_auto_scaling_group()
+                    .instance_id(instance_id)
+                    .should_decrement_desired_capacity(false)
+                    .send()
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[tonic::async_trait]
+impl LoadBalancer for Clients {
+    async fn target_health(&self, target_group: &str) -> Result<Vec<Target>, AwsError> {
+        let out = retry(
+            &self.settings,
+            "elasticloadbalancing:DescribeTargetHealth",
+            || {
+                self.elb
+                    .describe_target_health()
+                    .target_group_arn(target_group)
+                    .send()
+            },
+        )
+        .await?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| {
+                let id = d.target()?.id()?.to_owned();
+                let health = d.target_health();
+                Some(Target {
+                    instance_id: id,
+                    state: health
+                        .and_then(|h| h.state())
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                    reason: health
+                        .and_then(|h| h.reason())
+                        .map(|r| r.as_str().to_owned())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn deregistration_delay(&self, target_group: &str) -> Result<Duration, AwsError> {
+        let out = retry(
+            &self.settings,
+            "elasticloadbalancing:DescribeTargetGroupAttributes",
+            || {
+                self.elb
+                    .describe_target_group_attributes()
+                    .target_group_arn(target_group)
+                    .send()
+            },
+        )
+        .await?;
+        // AWS's default when the attribute is absent.
+        let seconds = out
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some("deregistration_delay.timeout_seconds"))
+            .and_then(|a| a.value())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        Ok(Duration::from_secs(seconds))
+    }
+
+    async fn deregister(&self, target_group: &str, instance_id: &str) -> Result<(), AwsError> {
+        retry(
+            &self.settings,
+            "elasticloadbalancing:DeregisterTargets",
+            || {
+                self.elb
+                    .deregister_targets()
+                    .target_group_arn(target_group)
+                    .targets(TargetDescription::builder().id(instance_id).build())
+                    .send()
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[tonic::async_trait]
+impl RemoteCommand for Clients {
+    async fn run(
+        &self,
+        instance_id: &str,
+        commands: &[String],
+        comment: &str,
+    ) -> Result<String, AwsError> {
+        let out = retry(&self.settings, "ssm:SendCommand", || {
+            self.ssm
+                .send_command()
+                .instance_ids(instance_id)
+                .document_name("AWS-RunShellScript")
+                .parameters("commands", commands.to_vec())
+                .comment(comment)
+                .timeout_seconds(60)
+                .send()
+        })
+        .await?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_owned)
+            .ok_or_else(|| AwsError {
+                operation: "ssm:SendCommand",
+                message: "answer carried no command id".to_owned(),
+                code: None,
+                retryable: false,
+                attempts: 1,
+            })
+    }
+
+    async fn status(&self, command_id: &str, instance_id: &str) -> Result<CommandStatus, AwsError> {
+        let out = retry(&self.settings, "ssm:GetCommandInvocation", || {
+            self.ssm
+                .get_command_invocation()
+                .command_id(command_id)
+                .instance_id(instance_id)
+                .send()
+        })
+        .await?;
+        let output = out.standard_output_content().unwrap_or_default().to_owned();
+        Ok(match out.status() {
+            Some(CommandInvocationStatus::Success) => CommandStatus::Succeeded { output },
+            Some(
+                CommandInvocationStatus::Pending
+                | CommandInvocationStatus::InProgress
+                | CommandInvocationStatus::Delayed,
+            )
+            | None => CommandStatus::Pending,
+            Some(other) => CommandStatus::Failed {
+                status: other.as_str().to_owned(),
+                output,
+            },
+        })
+    }
+}

@@ -1,0 +1,631 @@
+//! The control loop: refresh the inventory from AWS, build a fleet snapshot, let the pure policy
+//! engine decide, and carry out its executable decisions — each behind a write-ahead journal
+//! entry, each AWS call idempotent, retried and bounded. A restarted coordinator first reconciles
+//! interrupted intents against what AWS says, and never repeats an action the journal shows done.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use autoheal_policy as policy;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    aws::{self, CommandStatus, LoadBalancer, RemoteCommand, ScalingGroups, Selector},
+    fleet::{Fleet, InstanceRecord},
+    journal::{Entry, Journal, Phase, Step},
+    report::ServiceState,
+};
+
+/// How far back a succeeded action in the journal stops the same action being taken again.
+const DONE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The AWS services the controller acts through.
+#[derive(Clone)]
+pub struct Hands {
+    pub groups: Arc<dyn ScalingGroups>,
+    pub lb: Arc<dyn LoadBalancer>,
+    pub commands: Arc<dyn RemoteCommand>,
+}
+
+impl std::fmt::Debug for Hands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hands").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceWith {
+    /// `SetInstanceHealth(Unhealthy, ShouldRespectGracePeriod)`: the group's own replacement,
+    /// honouring its maintenance policy (launch before terminate where configured).
+    SetInstanceHealth,
+    /// `TerminateInstanceInAutoScalingGroup(ShouldDecrementDesiredCapacity=false)`.
+    Terminate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub selector: Selector,
+    pub interval: Duration,
+    pub replace_with: ReplaceWith,
+    pub respect_grace: bool,
+    pub fencing_token: u64,
+}
+
+#[derive(Debug)]
+pub struct Controller {
+    pub engine: policy::Engine,
+    pub book: policy::RemediationBook,
+    pub fleet: Fleet,
+    pub hands: Hands,
+    pub journal: Arc<Journal>,
+    pub settings: Settings,
+    /// SSM commands in flight: instance → (journal key, command id).
+    pending_commands: HashMap<String, (String, String)>,
+    /// The last decision said about each instance, so a hold repeated every pass is one event.
+    last_said: HashMap<String, String>,
+    unclaimed_reported: BTreeSet<String>,
+    /// Each instance's last good/bad verdict and when it flipped: the flap quarantine and the
+    /// anomaly window read these.
+    verdicts: HashMap<String, (bool, Vec<policy::Timestamp>)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ts(t: SystemTime) -> policy::Timestamp {
+    policy::Timestamp::from_millis(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// Fault injection for the crash-safety tests: `AUTOHEAL_FAULT=crash-after-call:<step>` makes the
+/// process abort right after that AWS call returns and before its outcome is journaled.
+fn crash_point(step: Step) {
+    if std::env::var("AUTOHEAL_FAULT")
+        .is_ok_and(|f| f == format!("crash-after-call:{}", step.as_str()))
+    {
+        eprintln!("AUTOHEAL_FAULT: aborting after {} call", step.as_str());
+        std::process::abort();
+    }
+}
+
+impl Controller {
+    pub fn new(
+        engine: policy::Engine,
+        fleet: Fleet,
+        hands: Hands,
+        journal: Arc<Journal>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            engine,
+            book: policy::RemediationBook::new(),
+            fleet,
+            hands,
+            journal,
+            settings,
+            pending_commands: HashMap::new(),
+            last_said: HashMap::new(),
+            unclaimed_reported: BTreeSet::new(),
+            verdicts: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconciled = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.refresh_inventory().await {
+                continue;
+            }
+            if !reconciled {
+                self.reconcile().await;
+                reconciled = true;
+            }
+            self.pass().await;
+        }
+    }
+
+    /// Returns whether the inventory is fresh enough to act on.
+    async fn refresh_inventory(&mut self) -> bool {
+        let groups = match self.hands.groups.groups(&self.settings.selector).await {
+            Ok(g) => g,
+            Err(error) => {
+                tracing::warn!(%error, "inventory failed; not acting on a stale view");
+                self.fleet.record_event(
+                    "",
+                    "inventory-failed",
+                    format!("cannot list auto scaling groups: {error}"),
+                );
+                return false;
+            }
+        };
+        let mut targets = BTreeMap::new();
+        let tgs: BTreeSet<&String> = groups.iter().flat_map(|g| &g.target_groups).collect();
+        for tg in tgs {
+            match self.hands.lb.target_health(tg).await {
+                Ok(t) => {
+                    targets.insert(tg.clone(), t);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, target_group = %tg, "target health failed; not acting on a stale view");
+                    self.fleet.record_event(
+                        "",
+                        "inventory-failed",
+                        format!("cannot read target health of {tg}: {error}"),
+                    );
+                    return false;
+                }
+            }
+        }
+        for id in self.fleet.apply_inventory(&groups, &targets) {
+            if self.unclaimed_reported.insert(id.clone()) {
+                self.fleet.record_event(
+                    &id,
+                    "unknown-instance",
+                    "agent connected but no managed auto scaling group has this instance; it is reported, never acted on".to_owned(),
+                );
+            }
+        }
+        true
+    }
+
+    /// Intents without outcome are calls a crash interrupted: ask AWS whether they took effect.
+    async fn reconcile(&mut self) {
+        for intent in self.journal.in_flight() {
+            let done = match intent.step {
+                Step::Deregister | Step::Drain => {
+                    let mut all = true;
+                    for tg in &intent.target_groups {
+                        match self.hands.lb.target_health(tg).await {
+                            Ok(targets) => {
+                                let registered = targets.iter().any(|t| {
+                                    t.instance_id == intent.instance_id
+                                        && !matches!(t.state.as_str(), "draining" | "unused")
+                                });
+                                all &= !registered;
+                            }
+                            Err(_) => all = false,
+                        }
+                    }
+                    all
+                }
+                Step::Replace | Step::Terminate => {
+                    let record = self.fleet.instance(&intent.instance_id);
+                    match record.and_then(|r| r.asg_member) {
+                        None => true,
+                        Some(m) => m.health == "Unhealthy" || m.lifecycle.starts_with("Terminat"),
+                    }
+                }
+                // Not destructive: an interrupted SSM command is treated as failed, and the ladder
+                // goes on from there.
+                Step::Ssm => false,
+            };
+            let phase = if done {
+                Phase::Succeeded
+            } else {
+                Phase::Failed
+            };
+            let detail = if done {
+                "reconciled after restart: AWS shows the action took effect".to_owned()
+            } else {
+                "reconciled after restart: AWS shows no effect; the ladder decides again".to_owned()
+            };
+            tracing::info!(key = %intent.key, step = intent.step.as_str(), done, "reconciled interrupted action");
+            let outcome = Entry {
+                phase,
+                detail: detail.clone(),
+                at_ms: now_ms(),
+                ..intent.clone()
+            };
+            if let Err(error) = self.journal.append(&outcome) {
+                tracing::error!(%error, "cannot journal a reconciliation");
+            }
+            self.fleet.record_event(
+                &intent.instance_id,
+                "action-reconciled",
+                format!("{}: {detail}", intent.step.as_str()),
+            );
+        }
+    }
+
+    fn snapshot(&mut self, now: SystemTime) -> policy::Fleet {
+        let records = self.fleet.instances(&Default::default());
+        let pause = self.fleet.pause_state();
+        let mut instances: Vec<policy::InstanceView> = records
+            .iter()
+            .filter_map(|r| instance_view(r, now))
+            .collect();
+        for view in &mut instances {
+            let bad = self.engine.assess(view, ts(now)).is_bad();
+            let (last, flips) = self
+                .verdicts
+                .entry(view.id.to_string())
+                .or_insert((bad, Vec::new()));
+            if *last != bad {
+                *last = bad;
+                flips.push(ts(now));
+                if flips.len() > 32 {
+                    flips.remove(0);
+                }
+            }
+            view.health_changes = flips.clone();
+        }
+        policy::Fleet {
+            instances,
+            pause: pause.paused.then(|| policy::Pause {
+                by: pause.by.clone(),
+                reason: pause.reason.clone(),
+                since: ts(pause.since.unwrap_or(now)),
+            }),
+        }
+    }
+
+    async fn pass(&mut self) {
+        let now = SystemTime::now();
+        self.poll_commands().await;
+        let snapshot = self.snapshot(now);
+        let plan = self.engine.decide(&snapshot, &mut self.book, ts(now));
+        for decision in &plan.decisions {
+            self.tell(decision);
+        }
+        let actions: Vec<(policy::Decision, policy::Action)> = plan
+            .executable()
+            .map(|(d, a)| (d.clone(), a.clone()))
+            .collect();
+        for (decision, action) in actions {
+            let outcome = self.execute(&decision, &action).await;
+            if let Err(error) = self
+                .book
+                .record(&decision.instance, outcome, ts(SystemTime::now()))
+            {
+                tracing::warn!(%error, "remediation book refused an outcome");
+            }
+        }
+    }
+
+    /// One fleet event per change of what we'd say about an instance.
+    fn tell(&mut self, d: &policy::Decision) {
+        let (kind, what) = match &d.kind {
+            policy::DecisionKind::Act(a) => ("decision", format!("{a}")),
+            policy::DecisionKind::WouldAct(a) => ("dry-run", format!("would {a}")),
+            policy::DecisionKind::Hold { action, held_by } => (
+                "guardrail",
+                format!(
+                    "{action} held by {}",
+                    held_by
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ),
+            policy::DecisionKind::Wait { .. } => return,
+            policy::DecisionKind::Alert(a) => ("alert", format!("{a:?}")),
+            policy::DecisionKind::Finished(e) => ("remediation-finished", format!("{e:?}")),
+        };
+        let message = format!("{what}: {}", d.reason);
+        if self.last_said.get(d.instance.as_str()) == Some(&message) {
+            return;
+        }
+        self.last_said
+            .insert(d.instance.as_str().to_owned(), message.clone());
+        if let policy::DecisionKind::WouldAct(action) = &d.kind {
+            let entry = Entry {
+                key: format!("{}/{}/dry-run", d.instance, now_ms()),
+                instance_id: d.instance.to_string(),
+                asg: d.asg.to_string(),
+                step: step_of(action, ReplaceWith::SetInstanceHealth),
+                phase: Phase::WouldAct,
+                target_groups: target_groups(action),
+                reason: d.reason.clone(),
+                detail: String::new(),
+                fencing_token: self.settings.fencing_token,
+                at_ms: now_ms(),
+                requested_by: String::new(),
+            };
+            if let Err(error) = self.journal.append(&entry) {
+                tracing::warn!(%error, "cannot journal a dry-run decision");
+            }
+        }
+        self.fleet.record_event(d.instance.as_str(), kind, message);
+    }
+
+    async fn execute(&mut self, d: &policy::Decision, action: &policy::Action) -> policy::Outcome {
+        let instance = d.instance.to_string();
+        let step = step_of(action, self.settings.replace_with);
+        let since = now_ms().saturating_sub(u64::try_from(DONE_WINDOW.as_millis()).unwrap_or(0));
+        if let Some(done) = self.journal.succeeded_since(&instance, step, since) {
+            tracing::info!(instance, step = step.as_str(), key = %done.key, "already done; not repeating");
+            return done_outcome(action, &done);
+        }
+        let key = format!("{instance}/{}/{}", step.as_str(), now_ms());
+        let intent = Entry {
+            key: key.clone(),
+            instance_id: instance.clone(),
+            asg: d.asg.to_string(),
+            step,
+            phase: Phase::Intent,
+            target_groups: target_groups(action),
+            reason: d.reason.clone(),
+            detail: String::new(),
+            fencing_token: self.settings.fencing_token,
+            at_ms: now_ms(),
+            requested_by: String::new(),
+        };
+        if let Err(error) = self.journal.append(&intent) {
+            // A coordinator that can't write its journal must not act.
+            tracing::error!(%error, "not acting");
+            self.fleet.record_event(
+                &instance,
+                "action-failed",
+                format!("{step:?} not attempted: {error}"),
+            );
+            return policy::Outcome::Failed {
+                error: error.to_string(),
+            };
+        }
+        self.fleet.record_event(
+            &instance,
+            "action",
+            format!("{}: {}", step.as_str(), d.reason),
+        );
+        let result = self.call(&instance, action, &key).await;
+        crash_point(step);
+        let (phase, detail, outcome) = match result {
+            Ok((detail, outcome)) => (Phase::Succeeded, detail, outcome),
+            Err(error) => (
+                Phase::Failed,
+                error.clone(),
+                policy::Outcome::Failed { error },
+            ),
+        };
+        let entry = Entry {
+            phase,
+            detail: detail.clone(),
+            at_ms: now_ms(),
+            ..intent
+        };
+        if let Err(error) = self.journal.append(&entry) {
+            tracing::error!(%error, "cannot journal an outcome; reconciliation will settle it");
+        }
+        let kind = if phase == Phase::Succeeded {
+            "action-succeeded"
+        } else {
+            "action-failed"
+        };
+        self.fleet
+            .record_event(&instance, kind, format!("{}: {detail}", step.as_str()));
+        outcome
+    }
+
+    async fn call(
+        &mut self,
+        instance: &str,
+        action: &policy::Action,
+        key: &str,
+    ) -> Result<(String, policy::Outcome), String> {
+        match action {
+            policy::Action::Deregister { target_groups } => {
+                for tg in target_groups {
+                    self.hands
+                        .lb
+                        .deregister(tg.as_str(), instance)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok((
+                    format!(
+                        "deregistered from {}",
+                        target_groups
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    policy::Outcome::Deregistered {
+                        target_groups: target_groups.clone(),
+                    },
+                ))
+            }
+            policy::Action::Replace => {
+                match self.settings.replace_with {
+                    ReplaceWith::SetInstanceHealth => self
+                        .hands
+                        .groups
+                        .mark_unhealthy(instance, self.settings.respect_grace)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    ReplaceWith::Terminate => self
+                        .hands
+                        .groups
+                        .terminate(instance)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                }
+                Ok((
+                    "replacement requested from the auto scaling group".to_owned(),
+                    policy::Outcome::ReplaceRequested,
+                ))
+            }
+            policy::Action::SsmRemediate => {
+                let units: Vec<String> = self
+                    .fleet
+                    .instance(instance)
+                    .and_then(|r| r.agent)
+                    .map(|a| a.declared.iter().filter_map(|s| s.unit.clone()).collect())
+                    .unwrap_or_default();
+                let script = aws::remediation_script(&units)?;
+                let command = self
+                    .hands
+                    .commands
+                    .run(instance, &script, &format!("autoheal {key}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.pending_commands
+                    .insert(instance.to_owned(), (key.to_owned(), command.clone()));
+                Ok((
+                    format!("SSM command {command} sent"),
+                    policy::Outcome::SsmSent,
+                ))
+            }
+        }
+    }
+
+    /// Looks at the real result of SSM commands in flight (not "sent" = "repaired").
+    async fn poll_commands(&mut self) {
+        let pending: Vec<_> = self
+            .pending_commands
+            .iter()
+            .map(|(i, (k, c))| (i.clone(), k.clone(), c.clone()))
+            .collect();
+        for (instance, key, command) in pending {
+            let ok = match self.hands.commands.status(&command, &instance).await {
+                Ok(CommandStatus::Pending) => continue,
+                Ok(CommandStatus::Succeeded { .. }) => true,
+                Ok(CommandStatus::Failed { status, .. }) => {
+                    self.fleet.record_event(
+                        &instance,
+                        "ssm-finished",
+                        format!("SSM command {command}: {status}"),
+                    );
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the SSM command's result; will ask again");
+                    continue;
+                }
+            };
+            self.pending_commands.remove(&instance);
+            tracing::info!(instance, key, ok, "SSM command finished");
+            let id = policy::InstanceId::new(instance.clone());
+            if let Err(error) = self.book.record(
+                &id,
+                policy::Outcome::SsmFinished { ok },
+                ts(SystemTime::now()),
+            ) {
+                tracing::debug!(%error, "SSM result for a remediation that moved on");
+            }
+        }
+    }
+}
+
+fn step_of(action: &policy::Action, replace_with: ReplaceWith) -> Step {
+    match action {
+        policy::Action::Deregister { .. } => Step::Deregister,
+        policy::Action::Replace => match replace_with {
+            ReplaceWith::SetInstanceHealth => Step::Replace,
+            ReplaceWith::Terminate => Step::Terminate,
+        },
+        policy::Action::SsmRemediate => Step::Ssm,
+    }
+}
+
+fn target_groups(action: &policy::Action) -> Vec<String> {
+    match action {
+        policy::Action::Deregister { target_groups } => {
+            target_groups.iter().map(|t| t.to_string()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn done_outcome(action: &policy::Action, _done: &Entry) -> policy::Outcome {
+    match action {
+        policy::Action::Deregister { target_groups } => policy::Outcome::Deregistered {
+            target_groups: target_groups.clone(),
+        },
+        policy::Action::Replace => policy::Outcome::ReplaceRequested,
+        policy::Action::SsmRemediate => policy::Outcome::SsmSent,
+    }
+}
+
+/// The policy engine's view of one instance. Only instances a managed ASG claims are in it:
+/// the rest are reported, never acted on.
+fn instance_view(r: &InstanceRecord, now: SystemTime) -> Option<policy::InstanceView> {
+    let asg = r.asg.clone()?;
+    let member = r.asg_member.as_ref()?;
+    let agent = r.agent.as_ref().map(|a| {
+        let escalation = a
+            .escalations
+            .iter()
+            .rev()
+            .find(|e| a.services.get(&e.service) == Some(&ServiceState::Escalated))
+            .map(|e| policy::Escalation {
+                service: e.service.clone(),
+                reason: e.reason.clone(),
+                at: ts(e.at),
+            });
+        policy::AgentView {
+            connected: a.connected,
+            last_heartbeat: ts(a.last_seen),
+            unhealthy_services: a
+                .services
+                .iter()
+                .filter(|(_, s)| !matches!(s, ServiceState::Healthy | ServiceState::Starting))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            escalation,
+            failing_dependencies: a.failing_dependencies.clone(),
+        }
+    });
+    Some(policy::InstanceView {
+        id: policy::InstanceId::new(r.instance_id.clone()),
+        asg: policy::AsgName::new(asg),
+        az: policy::Az::new(if r.availability_zone.is_empty() {
+            member.availability_zone.clone()
+        } else {
+            r.availability_zone.clone()
+        }),
+        // Launch time isn't in the ASG's answer; when we first saw it is the conservative stand-in
+        // (a restarted coordinator gives every instance a fresh startup grace: never worse).
+        launched_at: ts(r.first_seen.min(now)),
+        agent,
+        targets: r
+            .targets
+            .iter()
+            .map(|t| policy::TargetView {
+                target_group: policy::TargetGroup::new(t.target_group.clone()),
+                state: target_state(&t.state),
+                reason: (!t.reason.is_empty()).then(|| t.reason.clone()),
+                since: ts(t.since),
+            })
+            .collect(),
+        asg_instance: Some(policy::AsgInstance {
+            lifecycle: policy::Lifecycle::from_aws(&member.lifecycle),
+            health: if member.health == "Unhealthy" {
+                policy::AsgHealth::Unhealthy
+            } else {
+                policy::AsgHealth::Healthy
+            },
+            protected: member.protected,
+        }),
+        skipped: r.skipped,
+        // Filled in by the controller from verdict flips.
+        health_changes: Vec::new(),
+    })
+}
+
+fn target_state(s: &str) -> policy::TargetState {
+    match s {
+        "initial" => policy::TargetState::Initial,
+        "healthy" => policy::TargetState::Healthy,
+        "unhealthy" => policy::TargetState::Unhealthy,
+        "draining" => policy::TargetState::Draining,
+        "unused" => policy::TargetState::Unused,
+        _ => policy::TargetState::Unavailable,
+    }
+}
