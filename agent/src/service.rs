@@ -108,18 +108,30 @@ pub fn initial_snapshot(config: &ServiceConfig) -> ServiceSnapshot {
 impl Supervisor {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let now = self.clock.now();
+        // The stream map only wakes us; states are read fresh from `self.deps` when deciding,
+        // so a change that races with another input is never decided on stale.
         let mut deps = StreamMap::new();
         let mut dep_states = BTreeMap::new();
-        for (name, rx) in self.deps.drain(..) {
+        for (name, rx) in &self.deps {
             dep_states.insert(name.clone(), rx.borrow().state);
-            deps.insert(name, WatchStream::new(rx));
+            deps.insert(name.clone(), WatchStream::new(rx.clone()));
         }
         let mut s = Inner {
             thresholds: self
                 .config
                 .checks
                 .iter()
-                .map(|c| Threshold::new(c.success_threshold, c.failure_threshold, now, c.startup_grace))
+                .map(|c| {
+                    // A process the agent starts itself gets the verify timeout to come up,
+                    // like after a restart; otherwise the check's own startup grace.
+                    let grace = match self.config.action {
+                        Action::Run { .. } if c.dependency.is_none() => {
+                            c.startup_grace.max(self.config.policy.verify_timeout)
+                        }
+                        _ => c.startup_grace,
+                    };
+                    Threshold::new(c.success_threshold, c.failure_threshold, now, grace)
+                })
                 .collect(),
             last: vec![None; self.config.checks.len()],
             generation: 0,
@@ -269,8 +281,11 @@ impl Supervisor {
                 let verify = self.config.policy.verify_timeout;
                 a.verify_until = Some(now + verify);
                 s.generation += 1;
-                for t in &mut s.thresholds {
-                    t.reset(now, verify);
+                // A shared dependency's checks keep their state: restarting us doesn't change it.
+                for (t, c) in s.thresholds.iter_mut().zip(&self.config.checks) {
+                    if c.dependency.is_none() {
+                        t.reset(now, verify);
+                    }
                 }
                 self.control.send_replace(Control {
                     generation: s.generation,
@@ -346,6 +361,10 @@ impl Supervisor {
 
     fn evaluate(&mut self, s: &mut Inner) {
         let now = self.clock.now();
+        s.paused = *self.paused.borrow();
+        for (name, rx) in &self.deps {
+            s.dep_states.insert(name.clone(), rx.borrow().state);
+        }
         let failing_checks: Vec<String> = s
             .thresholds
             .iter()
