@@ -26,7 +26,9 @@ pub type RestartReply = Result<Option<u32>, String>;
 
 #[derive(Debug)]
 pub enum ProcessCommand {
-    Restart { reply: oneshot::Sender<RestartReply> },
+    Restart {
+        reply: oneshot::Sender<RestartReply>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +202,11 @@ async fn wait(child: &mut Option<Child>) -> std::io::Result<std::process::ExitSt
 /// SIGTERM (and SIGCONT, so a stopped process can act on it) to the group, then SIGKILL after
 /// `grace`.
 pub async fn stop(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::CONT);
         if tokio::time::timeout(grace, child.wait()).await.is_ok() {
@@ -208,7 +214,11 @@ pub async fn stop(child: &mut Child, grace: Duration) {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             return;
         }
-        tracing::warn!(pid = pid.as_raw_pid(), ?grace, "did not stop in time; killing");
+        tracing::warn!(
+            pid = pid.as_raw_pid(),
+            ?grace,
+            "did not stop in time; killing"
+        );
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = child.kill().await;

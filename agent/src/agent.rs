@@ -138,9 +138,9 @@ impl Agent {
             reporter: reporter.clone(),
         };
         tasks.spawn(
-            server
-                .run(shutdown.clone())
-                .instrument(tracing::info_span!("status", socket = %config.status_socket.display())),
+            server.run(shutdown.clone()).instrument(
+                tracing::info_span!("status", socket = %config.status_socket.display()),
+            ),
         );
         tasks.close();
         Ok(Self {
@@ -162,7 +162,9 @@ impl Agent {
 
     /// Waits (after shutdown was cancelled elsewhere) up to `deadline`.
     pub async fn wait(&self, deadline: Duration) -> bool {
-        tokio::time::timeout(deadline, self.tasks.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     pub fn snapshot(&self, service: &str) -> Option<ServiceSnapshot> {

@@ -344,9 +344,10 @@ impl Config {
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::default();
 
-        let coordinator = raw.coordinator.as_ref().map(|c| {
-            coordinator(c, raw.tls.as_ref(), base, &mut errors)
-        });
+        let coordinator = raw
+            .coordinator
+            .as_ref()
+            .map(|c| coordinator(c, raw.tls.as_ref(), base, &mut errors));
         if raw.coordinator.is_none() && raw.tls.is_some() {
             errors.push(
                 "tls",
@@ -581,7 +582,10 @@ fn service(name: &str, raw: &RawService, base: &Path, errors: &mut ConfigErrors)
         }
     } else if let Some(unit) = &raw.unit {
         if unit.trim().is_empty() || unit.contains(char::is_whitespace) {
-            errors.push(format!("{p}.unit"), "must be a systemd unit name, e.g. \"nginx.service\"");
+            errors.push(
+                format!("{p}.unit"),
+                "must be a systemd unit name, e.g. \"nginx.service\"",
+            );
         }
         Action::Unit(unit.clone())
     } else if let Some(argv) = &raw.restart_command {
@@ -640,7 +644,11 @@ fn service(name: &str, raw: &RawService, base: &Path, errors: &mut ConfigErrors)
     }
 }
 
-fn restart_policy(p: &str, raw: Option<&RawRestart>, errors: &mut ConfigErrors) -> RestartPolicyConfig {
+fn restart_policy(
+    p: &str,
+    raw: Option<&RawRestart>,
+    errors: &mut ConfigErrors,
+) -> RestartPolicyConfig {
     let d = RestartPolicyConfig::default();
     let Some(raw) = raw else { return d };
     let p = format!("{p}.restart");
@@ -652,7 +660,12 @@ fn restart_policy(p: &str, raw: Option<&RawRestart>, errors: &mut ConfigErrors) 
         1,
         1000,
     ) as u32;
-    let window = positive(errors, &format!("{p}.window"), raw.window.as_deref(), d.window);
+    let window = positive(
+        errors,
+        &format!("{p}.window"),
+        raw.window.as_deref(),
+        d.window,
+    );
     let backoff_initial = errors.duration(
         &format!("{p}.backoff_initial"),
         raw.backoff_initial.as_deref(),
@@ -722,7 +735,10 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
     if !KINDS.contains(&kind) {
         errors.push(
             format!("{p}.kind"),
-            format!("unknown check kind {kind:?}: use one of {}", KINDS.join(", ")),
+            format!(
+                "unknown check kind {kind:?}: use one of {}",
+                KINDS.join(", ")
+            ),
         );
         return None;
     }
@@ -772,10 +788,12 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
         1,
         100,
     ) as u32;
-    if let Some(dep) = &raw.dependency {
-        if let Err(e) = autoheal_proto::identity::validate_segment("dependency name", dep) {
-            errors.push(format!("{p}.dependency"), e.to_string());
-        }
+    if let Some(Err(e)) = raw
+        .dependency
+        .as_ref()
+        .map(|dep| autoheal_proto::identity::validate_segment("dependency name", dep))
+    {
+        errors.push(format!("{p}.dependency"), e.to_string());
     }
 
     // Which kind-specific fields are set, so a field meant for another kind is reported.
@@ -792,8 +810,16 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
         ("pidfile", raw.pidfile.is_some(), &["process"]),
         ("unit", raw.unit.is_some(), &["systemd"]),
         ("path", raw.path.is_some(), &["disk"]),
-        ("max_used_percent", raw.max_used_percent.is_some(), &["disk", "memory"]),
-        ("max_load_per_cpu", raw.max_load_per_cpu.is_some(), &["load"]),
+        (
+            "max_used_percent",
+            raw.max_used_percent.is_some(),
+            &["disk", "memory"],
+        ),
+        (
+            "max_load_per_cpu",
+            raw.max_load_per_cpu.is_some(),
+            &["load"],
+        ),
     ];
     for (field, set, kinds) in fields {
         if set && !kinds.contains(&kind) {
@@ -804,7 +830,10 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
         }
     }
     let required = |errors: &mut ConfigErrors, field: &str, hint: &str| {
-        errors.push(format!("{p}.{field}"), format!("required for {kind} checks: {hint}"));
+        errors.push(
+            format!("{p}.{field}"),
+            format!("required for {kind} checks: {hint}"),
+        );
     };
 
     let probe = match kind {
@@ -861,11 +890,22 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
         "exec" => {
             let argv = raw.command.clone().unwrap_or_default();
             if raw.command.is_none() {
-                required(errors, "command", "argv, e.g. [\"/usr/local/bin/check\", \"--quick\"]");
+                required(
+                    errors,
+                    "command",
+                    "argv, e.g. [\"/usr/local/bin/check\", \"--quick\"]",
+                );
             } else {
                 argv_ok(errors, &format!("{p}.command"), &argv);
             }
-            let output_cap = int(errors, &format!("{p}.output_cap"), raw.output_cap, 1024, 1, 65536);
+            let output_cap = int(
+                errors,
+                &format!("{p}.output_cap"),
+                raw.output_cap,
+                1024,
+                1,
+                65536,
+            );
             Probe::Exec {
                 argv,
                 dir: base.to_owned(),
@@ -885,7 +925,11 @@ fn check(p: &str, raw: &RawCheck, base: &Path, errors: &mut ConfigErrors) -> Opt
                 Probe::Process(ProcessMatch::Name(String::new()))
             }
             (None, None) => {
-                required(errors, "process_name", "a process name (or set pidfile instead)");
+                required(
+                    errors,
+                    "process_name",
+                    "a process name (or set pidfile instead)",
+                );
                 Probe::Process(ProcessMatch::Name(String::new()))
             }
         },
@@ -993,7 +1037,12 @@ fn argv_ok(errors: &mut ConfigErrors, path: &str, argv: &[String]) {
     }
 }
 
-fn positive(errors: &mut ConfigErrors, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+fn positive(
+    errors: &mut ConfigErrors,
+    path: &str,
+    raw: Option<&str>,
+    default: Duration,
+) -> Duration {
     let d = errors.duration(path, raw, default);
     if raw.is_some() && d.is_zero() {
         errors.push(path, "must be longer than zero");
@@ -1002,7 +1051,14 @@ fn positive(errors: &mut ConfigErrors, path: &str, raw: Option<&str>, default: D
     d
 }
 
-fn int(errors: &mut ConfigErrors, path: &str, raw: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+fn int(
+    errors: &mut ConfigErrors,
+    path: &str,
+    raw: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> i64 {
     match raw {
         None => default,
         Some(v) if (min..=max).contains(&v) => v,
@@ -1040,7 +1096,9 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
             "{url:?}: https is not supported by http checks; check the plain-HTTP health port, or use a tcp check"
         ));
     } else {
-        return Err(format!("{url:?} is not a URL: use e.g. \"http://127.0.0.1:8080/healthz\""));
+        return Err(format!(
+            "{url:?} is not a URL: use e.g. \"http://127.0.0.1:8080/healthz\""
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -1051,7 +1109,8 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
     } else {
         format!("{authority}:80")
     };
-    let (host, port) = parse_host_port(&hostport).map_err(|_| format!("{url:?}: bad host or port"))?;
+    let (host, port) =
+        parse_host_port(&hostport).map_err(|_| format!("{url:?}: bad host or port"))?;
     Ok((host, port, path.to_owned()))
 }
 
@@ -1062,7 +1121,10 @@ pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
         let c: u16 = class.parse().map_err(|_| bad())?;
         (c * 100, c * 100 + 99)
     } else if let Some((a, b)) = s.split_once('-') {
-        (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+        (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        )
     } else {
         let v = s.trim().parse().map_err(|_| bad())?;
         (v, v)
@@ -1130,7 +1192,9 @@ mod tests {
         assert_eq!(web.checks[0].name, "http");
         assert_eq!(web.checks[0].timeout, Duration::from_millis(500));
         assert_eq!(web.checks[1].dependency.as_deref(), Some("postgres-main"));
-        assert!(matches!(&web.action, Action::Run { dir, .. } if dir == Path::new("/etc/autoheal")));
+        assert!(
+            matches!(&web.action, Action::Run { dir, .. } if dir == Path::new("/etc/autoheal"))
+        );
         assert_eq!(
             c.identity,
             IdentitySource::Static {
@@ -1234,7 +1298,10 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let errs = errors_of("[services.web\nrun = 1\n");
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].contains("line 1") || errs[0].starts_with("<toml>"), "{errs:?}");
+        assert!(
+            errs[0].contains("line 1") || errs[0].starts_with("<toml>"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -1243,8 +1310,14 @@ mod tests {
             parse_http_url("http://127.0.0.1:8080/healthz?x=1"),
             Ok(("127.0.0.1".into(), 8080, "/healthz?x=1".into()))
         );
-        assert_eq!(parse_http_url("http://localhost"), Ok(("localhost".into(), 80, "/".into())));
-        assert_eq!(parse_http_url("http://[::1]:81/"), Ok(("::1".into(), 81, "/".into())));
+        assert_eq!(
+            parse_http_url("http://localhost"),
+            Ok(("localhost".into(), 80, "/".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]:81/"),
+            Ok(("::1".into(), 81, "/".into()))
+        );
         assert!(parse_http_url("ftp://x").is_err());
         assert_eq!(parse_status_range("2xx"), Ok((200, 299)));
         assert_eq!(parse_status_range("200-204"), Ok((200, 204)));

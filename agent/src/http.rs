@@ -86,7 +86,9 @@ async fn request_inner(
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(HttpError::Malformed("connection closed before the response head"));
+            return Err(HttpError::Malformed(
+                "connection closed before the response head",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -180,7 +182,8 @@ mod tests {
 
     #[tokio::test]
     async fn reads_status_and_body() {
-        let port = serve_once(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown").await;
+        let port =
+            serve_once(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown").await;
         let r = request("127.0.0.1", port, "GET", "/", &[], Duration::from_secs(10))
             .await
             .expect("response");

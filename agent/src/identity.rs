@@ -57,7 +57,10 @@ pub async fn resolve(source: &IdentitySource) -> Result<InstanceIdentity, Identi
 
 async fn imds(endpoint: &str, timeout: Duration) -> Result<InstanceIdentity, IdentityError> {
     let (host, port) = parse_host_port(endpoint).map_err(IdentityError::Endpoint)?;
-    let call = |step: &'static str, method: &'static str, path: &'static str, header: (&'static str, String)| {
+    let call = |step: &'static str,
+                method: &'static str,
+                path: &'static str,
+                header: (&'static str, String)| {
         let host = host.clone();
         async move {
             let r = http::request(&host, port, method, path, &[(header.0, &header.1)], timeout)
@@ -131,7 +134,9 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();

@@ -68,7 +68,9 @@ fn main() -> ExitCode {
         }) => report(status_cmd(socket, config, output)),
         None => match cli.config {
             None => {
-                eprintln!("autoheal-agent: --config FILE is required (or use check-config / status)");
+                eprintln!(
+                    "autoheal-agent: --config FILE is required (or use check-config / status)"
+                );
                 ExitCode::from(EXIT_CONFIG)
             }
             Some(path) => {
@@ -135,8 +137,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                             "tls.cert".to_owned(),
                             format!("{} is not an instance certificate (expected spiffe://<trust-domain>/instance/<id>)", id.uri()),
                         ));
-                    } else if let IdentitySource::Static { instance_id, .. } = &config.identity {
-                        if *instance_id != in_cert {
+                    } else if let IdentitySource::Static { instance_id, .. } = &config.identity
+                        && *instance_id != in_cert
+                    {
+                        {
                             problems.push((
                                 "identity.instance_id".to_owned(),
                                 format!("{instance_id:?} differs from the certificate's instance {in_cert:?}; the coordinator would refuse it"),
@@ -171,12 +175,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn status_cmd(socket: Option<PathBuf>, config: Option<PathBuf>, output: Output) -> anyhow::Result<()> {
+fn status_cmd(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    output: Output,
+) -> anyhow::Result<()> {
     let socket = match (socket, config) {
         (Some(s), _) => s,
-        (None, Some(c)) => Config::load(&c)
-            .with_context(|| format!("reading {}", c.display()))?
-            .status_socket,
+        (None, Some(c)) => {
+            Config::load(&c)
+                .with_context(|| format!("reading {}", c.display()))?
+                .status_socket
+        }
         (None, None) => PathBuf::from(autoheal_agent::config::DEFAULT_SOCKET),
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -224,7 +224,11 @@ mod tests {
         assert_eq!(t.observe(true, t0), Some(Verdict::Healthy));
         assert_eq!(t.observe(false, t0), None);
         assert_eq!(t.observe(false, t0), None);
-        assert_eq!(t.observe(true, t0), None, "a success resets the failure count");
+        assert_eq!(
+            t.observe(true, t0),
+            None,
+            "a success resets the failure count"
+        );
         assert_eq!(t.observe(false, t0), None);
         assert_eq!(t.observe(false, t0), None);
         assert_eq!(t.observe(false, t0), Some(Verdict::Unhealthy));

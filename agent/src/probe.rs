@@ -6,7 +6,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 use tokio::{io::AsyncReadExt, process::Command};
 
 use crate::{
-    config::{HttpProbe, ProcessMatch, Probe, parse_host_port},
+    config::{HttpProbe, Probe, ProcessMatch, parse_host_port},
     http,
 };
 
@@ -182,7 +182,10 @@ async fn exec(argv: &[String], dir: &Path, output_cap: usize, timeout: Duration)
 
 /// SIGKILL to a process group we created (`process_group(0)` makes the child its leader).
 pub fn kill_group(pid: u32) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
@@ -213,7 +216,10 @@ async fn process(m: &ProcessMatch) -> Outcome {
         ProcessMatch::Pidfile(path) => match read_pidfile(path).await {
             Err(e) => Outcome::fail(e),
             Ok(pid) if pid_alive(pid).await => Outcome::ok(format!("pid {pid} running")),
-            Ok(pid) => Outcome::fail(format!("pid {pid} (from {}) is not running", path.display())),
+            Ok(pid) => Outcome::fail(format!(
+                "pid {pid} (from {}) is not running",
+                path.display()
+            )),
         },
         ProcessMatch::Name(name) => {
             let Ok(mut dir) = tokio::fs::read_dir("/proc").await else {
@@ -221,7 +227,10 @@ async fn process(m: &ProcessMatch) -> Outcome {
             };
             let mut found = Vec::new();
             while let Ok(Some(entry)) = dir.next_entry().await {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
                 else {
                     continue;
                 };
@@ -301,7 +310,13 @@ async fn memory(max: f64) -> Outcome {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
     };
     match (field("MemTotal:"), field("MemAvailable:")) {
         (Some(total), Some(avail)) if total > 0 => {
@@ -322,7 +337,11 @@ async fn load(max_per_cpu: f64) -> Outcome {
         Ok(t) => t,
         Err(e) => return Outcome::fail(format!("/proc/loadavg: {e}")),
     };
-    let Some(load1) = text.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()) else {
+    let Some(load1) = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+    else {
         return Outcome::fail("/proc/loadavg is unreadable");
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -362,11 +381,11 @@ mod grpc {
         } else {
             host
         };
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-        {
-            Ok(e) => e.connect_timeout(timeout).timeout(timeout),
-            Err(e) => return Outcome::fail(format!("bad address: {e}")),
-        };
+        let endpoint =
+            match tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")) {
+                Ok(e) => e.connect_timeout(timeout).timeout(timeout),
+                Err(e) => return Outcome::fail(format!("bad address: {e}")),
+            };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => return Outcome::fail(format!("connect: {}", chain(&e))),
@@ -375,9 +394,8 @@ mod grpc {
         if let Err(e) = grpc.ready().await {
             return Outcome::fail(format!("not ready: {e}"));
         }
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-            "/grpc.health.v1.Health/Check",
-        );
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
         let request = tonic::Request::new(HealthCheckRequest {
             service: service.to_owned(),
         });
@@ -426,7 +444,11 @@ mod tests {
         )
         .await;
         assert!(!bad.ok);
-        assert!(bad.detail.contains("3") && bad.detail.contains("oops"), "{}", bad.detail);
+        assert!(
+            bad.detail.contains("3") && bad.detail.contains("oops"),
+            "{}",
+            bad.detail
+        );
     }
 
     #[tokio::test]
@@ -449,16 +471,27 @@ mod tests {
         let pid = read_pidfile(&pidfile).await.expect("grandchild pid");
         let deadline = Instant::now() + Duration::from_secs(30);
         while pid_alive(pid).await {
-            assert!(Instant::now() < deadline, "grandchild {pid} survived the timeout");
+            assert!(
+                Instant::now() < deadline,
+                "grandchild {pid} survived the timeout"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     #[tokio::test]
     async fn tcp_refused_and_accepted() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let up = run(&Probe::Tcp { address: addr.clone() }, Duration::from_secs(10)).await;
+        let up = run(
+            &Probe::Tcp {
+                address: addr.clone(),
+            },
+            Duration::from_secs(10),
+        )
+        .await;
         assert!(up.ok, "{up:?}");
         drop(listener);
         let down = run(&Probe::Tcp { address: addr }, Duration::from_secs(10)).await;
@@ -477,7 +510,11 @@ mod tests {
         .await;
         assert!(me.ok, "{me:?}");
         std::fs::write(&pidfile, "999999999\n").expect("write");
-        let gone = run(&Probe::Process(ProcessMatch::Pidfile(pidfile)), Duration::from_secs(10)).await;
+        let gone = run(
+            &Probe::Process(ProcessMatch::Pidfile(pidfile)),
+            Duration::from_secs(10),
+        )
+        .await;
         assert!(!gone.ok, "{gone:?}");
         let none = run(
             &Probe::Process(ProcessMatch::Name("no-such-process-autoheal".into())),
@@ -505,7 +542,10 @@ mod tests {
             Duration::from_secs(10),
         )
         .await;
-        assert!(!mem_bad.ok && mem_bad.detail.contains("% used"), "{mem_bad:?}");
+        assert!(
+            !mem_bad.ok && mem_bad.detail.contains("% used"),
+            "{mem_bad:?}"
+        );
         let load_ok = run(&Probe::Load { max_per_cpu: 1e9 }, Duration::from_secs(10)).await;
         assert!(load_ok.ok, "{load_ok:?}");
     }
@@ -519,7 +559,9 @@ mod tests {
         reporter
             .set_service_status("sick", tonic_health::ServingStatus::NotServing)
             .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -204,7 +204,8 @@ impl Reporter {
             let endpoint = match redirect.take() {
                 Some(e) => e,
                 None => {
-                    let e = self.config.endpoints[next_endpoint % self.config.endpoints.len()].clone();
+                    let e =
+                        self.config.endpoints[next_endpoint % self.config.endpoints.len()].clone();
                     next_endpoint += 1;
                     e
                 }
@@ -252,7 +253,12 @@ impl Reporter {
         }
     }
 
-    fn failed(&self, e: &(dyn std::error::Error + 'static), failures: &mut u32, delay: &mut Duration) {
+    fn failed(
+        &self,
+        e: &(dyn std::error::Error + 'static),
+        failures: &mut u32,
+        delay: &mut Duration,
+    ) {
         let error = DisplayChain(e).to_string();
         tracing::error!(%error, "cannot connect to the coordinator; healing continues locally");
         self.status.send_modify(|s| {
@@ -469,7 +475,8 @@ impl Reporter {
             }
             None => {}
         }
-        self.status.send_modify(|s| s.healing_paused = *self.paused.borrow());
+        self.status
+            .send_modify(|s| s.healing_paused = *self.paused.borrow());
     }
 }
 
@@ -551,7 +558,10 @@ mod tests {
         }
         assert_eq!(seqs(&b), [5, 6, 7]);
         assert_eq!(b.dropped_total(), 4);
-        assert!(b.flush_drops(SystemTime::UNIX_EPOCH).is_none(), "no room yet");
+        assert!(
+            b.flush_drops(SystemTime::UNIX_EPOCH).is_none(),
+            "no room yet"
+        );
         b.ack(5);
         let report = b.flush_drops(SystemTime::UNIX_EPOCH).expect("room now");
         assert_eq!(report.seq, 8);
@@ -564,7 +574,10 @@ mod tests {
             }))
         );
         assert_eq!(seqs(&b), [6, 7, 8]);
-        assert!(b.flush_drops(SystemTime::UNIX_EPOCH).is_none(), "reported once");
+        assert!(
+            b.flush_drops(SystemTime::UNIX_EPOCH).is_none(),
+            "reported once"
+        );
     }
 
     #[test]

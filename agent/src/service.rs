@@ -189,10 +189,11 @@ impl Supervisor {
                 Input::Tick => {}
             }
             // Not finished: put the pending reply back.
-            if let (Some(rx), Some(a)) = (reply, s.attempt.as_mut()) {
-                if a.reply.is_none() && a.verify_until.is_none() {
-                    a.reply = Some(rx);
-                }
+            if let (Some(rx), Some(a)) = (reply, s.attempt.as_mut())
+                && a.reply.is_none()
+                && a.verify_until.is_none()
+            {
+                a.reply = Some(rx);
             }
             self.evaluate(&mut s);
         }
@@ -372,7 +373,10 @@ impl Supervisor {
             .enumerate()
             .filter(|(_, (t, c))| c.dependency.is_none() && t.verdict() == Verdict::Unhealthy)
             .map(|(i, (_, c))| {
-                let detail = s.last[i].as_ref().map(|(o, _)| o.detail.as_str()).unwrap_or("");
+                let detail = s.last[i]
+                    .as_ref()
+                    .map(|(o, _)| o.detail.as_str())
+                    .unwrap_or("");
                 format!("{}: {detail}", c.name)
             })
             .collect();
@@ -399,7 +403,11 @@ impl Supervisor {
         // A restart in flight: wait for the action, then verify.
         if let Some(a) = &s.attempt {
             if a.reply.is_some() {
-                return self.set_state(s, ServiceState::Restarting, format!("restart attempt {} running", a.number));
+                return self.set_state(
+                    s,
+                    ServiceState::Restarting,
+                    format!("restart attempt {} running", a.number),
+                );
             }
             if all_ok {
                 let a = s.attempt.take().expect("checked above");
@@ -436,7 +444,11 @@ impl Supervisor {
                 );
             } else {
                 let n = a.number;
-                return self.set_state(s, ServiceState::Restarting, format!("verifying restart attempt {n}"));
+                return self.set_state(
+                    s,
+                    ServiceState::Restarting,
+                    format!("verifying restart attempt {n}"),
+                );
             }
         }
         // Re-read after a possible attempt failure (which marks unproven checks failing).
@@ -447,7 +459,10 @@ impl Supervisor {
             .enumerate()
             .filter(|(_, (t, c))| c.dependency.is_none() && t.verdict() == Verdict::Unhealthy)
             .map(|(i, (_, c))| {
-                let detail = s.last[i].as_ref().map(|(o, _)| o.detail.as_str()).unwrap_or("");
+                let detail = s.last[i]
+                    .as_ref()
+                    .map(|(o, _)| o.detail.as_str())
+                    .unwrap_or("");
                 format!("{}: {detail}", c.name)
             })
             .collect();
@@ -465,7 +480,10 @@ impl Supervisor {
             if all_ok {
                 s.escalated = false;
                 s.budget.clear();
-                (ServiceState::Healthy, "recovered after escalation".to_owned())
+                (
+                    ServiceState::Healthy,
+                    "recovered after escalation".to_owned(),
+                )
             } else {
                 (ServiceState::Escalated, s.reason.clone())
             }
@@ -473,12 +491,19 @@ impl Supervisor {
             if !waiting_on.is_empty() {
                 (
                     ServiceState::WaitingOnDependency,
-                    format!("not restarting while {} failing: {}", waiting_on.join(", "), why),
+                    format!(
+                        "not restarting while {} failing: {}",
+                        waiting_on.join(", "),
+                        why
+                    ),
                 )
             } else if s.paused {
                 (ServiceState::Unhealthy, format!("healing paused: {}", why))
             } else if self.config.action == Action::None {
-                self.escalate(s, format!("unhealthy and no restart action configured: {}", why));
+                self.escalate(
+                    s,
+                    format!("unhealthy and no restart action configured: {}", why),
+                );
                 (ServiceState::Escalated, s.reason.clone())
             } else if s.budget.exhausted(now) {
                 let p = &self.config.policy;
@@ -486,26 +511,36 @@ impl Supervisor {
                     s,
                     format!(
                         "{} restart attempts within {:?} did not make it healthy: {}",
-                        p.max_attempts,
-                        p.window,
-                        why
+                        p.max_attempts, p.window, why
                     ),
                 );
                 (ServiceState::Escalated, s.reason.clone())
             } else if s.next_attempt.is_some_and(|t| now < t) {
                 let wait = s.next_attempt.map(|t| t - now).unwrap_or_default();
-                (ServiceState::Unhealthy, format!("next restart in {wait:.1?}: {}", why))
+                (
+                    ServiceState::Unhealthy,
+                    format!("next restart in {wait:.1?}: {}", why),
+                )
             } else {
                 self.start_restart(s, now, why.clone());
                 let n = s.attempt.as_ref().map_or(0, |a| a.number);
-                (ServiceState::Restarting, format!("restart attempt {n}: {}", why))
+                (
+                    ServiceState::Restarting,
+                    format!("restart attempt {n}: {}", why),
+                )
             }
         } else if all_ok {
             (ServiceState::Healthy, "all checks passing".to_owned())
         } else if !s.ever_healthy {
-            (ServiceState::Starting, "waiting for checks to pass".to_owned())
+            (
+                ServiceState::Starting,
+                "waiting for checks to pass".to_owned(),
+            )
         } else {
-            (ServiceState::Starting, "waiting for checks to pass again".to_owned())
+            (
+                ServiceState::Starting,
+                "waiting for checks to pass again".to_owned(),
+            )
         };
 
         // Flapping: healthy <-> not healthy too often. A state of its own for what it reports;
@@ -522,8 +557,10 @@ impl Supervisor {
                 fast: false,
             });
         }
-        let (state, reason) = if matches!(state, ServiceState::Healthy | ServiceState::Unhealthy | ServiceState::Starting)
-            && s.flaps.flapping(now)
+        let (state, reason) = if matches!(
+            state,
+            ServiceState::Healthy | ServiceState::Unhealthy | ServiceState::Starting
+        ) && s.flaps.flapping(now)
         {
             (
                 ServiceState::Flapping,
@@ -575,7 +612,10 @@ impl Supervisor {
             .map(|(i, c)| v1::CheckResult {
                 check: c.name.clone(),
                 status: s.thresholds[i].verdict().wire() as i32,
-                detail: s.last[i].as_ref().map(|(o, _)| o.detail.clone()).unwrap_or_default(),
+                detail: s.last[i]
+                    .as_ref()
+                    .map(|(o, _)| o.detail.clone())
+                    .unwrap_or_default(),
                 at: s.last[i].as_ref().map(|(_, at)| clock::timestamp(*at)),
             })
             .collect();
@@ -634,7 +674,10 @@ impl Supervisor {
                     kind: c.probe.kind().into(),
                     dependency: c.dependency.clone(),
                     status: s.thresholds[i].verdict(),
-                    detail: s.last[i].as_ref().map(|(o, _)| o.detail.clone()).unwrap_or_default(),
+                    detail: s.last[i]
+                        .as_ref()
+                        .map(|(o, _)| o.detail.clone())
+                        .unwrap_or_default(),
                     last_probe_unix_ms: s.last[i].as_ref().and_then(|(_, at)| {
                         at.duration_since(SystemTime::UNIX_EPOCH)
                             .ok()

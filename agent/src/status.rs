@@ -161,14 +161,24 @@ pub fn render(report: &StatusReport) -> String {
         }
     );
     if let Some(c) = &report.coordinator {
-        let connected = c.get("connected").and_then(|v| v.as_bool()).unwrap_or(false);
+        let connected = c
+            .get("connected")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let endpoint = c.get("endpoint").and_then(|v| v.as_str()).unwrap_or("-");
         let unacked = c.get("unacked").and_then(|v| v.as_u64()).unwrap_or(0);
-        let dropped = c.get("dropped_events").and_then(|v| v.as_u64()).unwrap_or(0);
+        let dropped = c
+            .get("dropped_events")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         let _ = write!(
             out,
             "coordinator: {} {endpoint} (unacked events {unacked}, dropped {dropped})",
-            if connected { "connected to" } else { "NOT connected; last tried" },
+            if connected {
+                "connected to"
+            } else {
+                "NOT connected; last tried"
+            },
         );
         if let Some(e) = c.get("last_error").and_then(|v| v.as_str()) {
             let _ = write!(out, " last error: {e}");

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use autoheal_agent::{
-    state::{ServiceState, ServiceSnapshot},
+    state::{ServiceSnapshot, ServiceState},
     status,
 };
 use autoheal_proto::v1;
@@ -19,7 +19,9 @@ fn state_of(agent: &autoheal_agent::Agent, s: &str) -> ServiceSnapshot {
 async fn healthy_pid(agent: &autoheal_agent::Agent, service: &str) -> u32 {
     until(&format!("{service} healthy with a pid"), || {
         let s = state_of(agent, service);
-        (s.state == ServiceState::Healthy).then_some(s.pid).flatten()
+        (s.state == ServiceState::Healthy)
+            .then_some(s.pid)
+            .flatten()
     })
     .await
 }
@@ -69,9 +71,10 @@ async fn crashed_service_is_restarted_and_healthy_with_a_new_pid() {
     assert_eq!(attempt.attempt, 1);
     let second = healthy_pid(&agent, "web").await;
     assert_ne!(first, second, "a new process serves");
-    let body = autoheal_agent::http::request("127.0.0.1", port, "GET", "/", &[], Duration::from_secs(10))
-        .await
-        .expect("the restarted server answers");
+    let body =
+        autoheal_agent::http::request("127.0.0.1", port, "GET", "/", &[], Duration::from_secs(10))
+            .await
+            .expect("the restarted server answers");
     assert_eq!(body.status, 200);
     // The exit was noticed from the process itself, not from a failing check.
     assert!(
@@ -95,9 +98,7 @@ async fn hung_service_times_out_and_is_restarted() {
 
     let failed = events
         .wait_for("the http check failing", |e| match e {
-            v1::event::Kind::CheckChanged(c)
-                if c.status == v1::CheckStatus::Unhealthy as i32 =>
-            {
+            v1::event::Kind::CheckChanged(c) if c.status == v1::CheckStatus::Unhealthy as i32 => {
                 Some(c.detail.clone())
             }
             _ => None,
@@ -155,11 +156,18 @@ timeout = "200ms"
         })
         .await;
     assert_eq!(escalated.service, "broken");
-    assert!(escalated.reason.contains("3 restart attempts"), "{}", escalated.reason);
+    assert!(
+        escalated.reason.contains("3 restart attempts"),
+        "{}",
+        escalated.reason
+    );
     assert_eq!(escalated.attempts.len(), 3, "evidence: every attempt");
     assert!(escalated.attempts.iter().all(|a| !a.succeeded));
     assert!(
-        escalated.last_results.iter().any(|r| r.check == "main-process" || r.check == "tcp"),
+        escalated
+            .last_results
+            .iter()
+            .any(|r| r.check == "main-process" || r.check == "tcp"),
         "{escalated:#?}"
     );
     let s = state_of(&agent, "broken");
@@ -265,7 +273,11 @@ failure_threshold = 1
     );
     assert_eq!(mode & 0o777, 0o600);
     let report = status::query(&sock).await.expect("status");
-    let app = report.services.iter().find(|s| s.name == "app").expect("app");
+    let app = report
+        .services
+        .iter()
+        .find(|s| s.name == "app")
+        .expect("app");
     assert_eq!(app.state, ServiceState::WaitingOnDependency);
     assert!(status::render(&report).contains("waiting_on_dependency"));
     assert!(agent.stop(Duration::from_secs(30)).await);

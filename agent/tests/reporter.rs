@@ -13,7 +13,12 @@ use autoheal_proto::v1;
 use rustix::process::Signal;
 use support::*;
 
-fn agent_toml(dir: &std::path::Path, agent_tls: &autoheal_proto::tls::TlsFiles, endpoints: &[String], services: &str) -> String {
+fn agent_toml(
+    dir: &std::path::Path,
+    agent_tls: &autoheal_proto::tls::TlsFiles,
+    endpoints: &[String],
+    services: &str,
+) -> String {
     let endpoints = endpoints
         .iter()
         .map(|e| format!("\"{e}\""))
@@ -73,7 +78,8 @@ async fn hello_declares_the_instance_and_escalations_reach_the_coordinator() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_tls, agent_tls) = pki(dir.path(), "i-0123");
     let rec = recorded();
-    let coord = FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord =
+        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
     let services = r#"
 [services.broken]
 run = ["sh", "-c", "exit 3"]
@@ -92,33 +98,43 @@ timeout = "300ms"
         &agent_toml(dir.path(), &agent_tls, &[coord.addr.to_string()], services),
     );
     let escalated = until("the escalation at the coordinator", || {
-        rec.lock().expect("lock").accepted.iter().find_map(|e| match &e.kind {
-            Some(v1::event::Kind::Escalated(x)) => Some(x.clone()),
-            _ => None,
-        })
+        rec.lock()
+            .expect("lock")
+            .accepted
+            .iter()
+            .find_map(|e| match &e.kind {
+                Some(v1::event::Kind::Escalated(x)) => Some(x.clone()),
+                _ => None,
+            })
     })
     .await;
     assert_eq!(escalated.service, "broken");
     assert_eq!(escalated.attempts.len(), 2);
-    let r = rec.lock().expect("lock");
-    let hello = &r.hellos[0];
-    assert_eq!(hello.instance_id, "i-0123");
-    assert_eq!(hello.availability_zone, "test-1a");
-    assert_eq!(hello.agent_version, autoheal_proto::VERSION);
-    assert_ne!(hello.epoch, 0);
-    assert_eq!(hello.services.len(), 1);
-    assert_eq!(hello.services[0].checks[0].kind, "exec");
-    assert!(r.gaps.is_empty(), "{:?}", r.gaps);
-    let seqs: Vec<u64> = r.accepted.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    drop(r);
+    {
+        let r = rec.lock().expect("lock");
+        let hello = &r.hellos[0];
+        assert_eq!(hello.instance_id, "i-0123");
+        assert_eq!(hello.availability_zone, "test-1a");
+        assert_eq!(hello.agent_version, autoheal_proto::VERSION);
+        assert_ne!(hello.epoch, 0);
+        assert_eq!(hello.services.len(), 1);
+        assert_eq!(hello.services[0].checks[0].kind, "exec");
+        assert!(r.gaps.is_empty(), "{:?}", r.gaps);
+        let seqs: Vec<u64> = r.accepted.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
     until("a heartbeat naming the escalated service", || {
-        rec.lock().expect("lock").heartbeats.iter().rev().find_map(|h| {
-            h.services
-                .iter()
-                .any(|s| s.name == "broken" && s.state == v1::ServiceState::Escalated as i32)
-                .then_some(())
-        })
+        rec.lock()
+            .expect("lock")
+            .heartbeats
+            .iter()
+            .rev()
+            .find_map(|h| {
+                h.services
+                    .iter()
+                    .any(|s| s.name == "broken" && s.state == v1::ServiceState::Escalated as i32)
+                    .then_some(())
+            })
     })
     .await;
     assert!(agent.stop(Duration::from_secs(30)).await);
@@ -130,7 +146,8 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_tls, agent_tls) = pki(dir.path(), "i-0123");
     let rec = recorded();
-    let coord = FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord =
+        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
     let addr = coord.addr;
     let port = free_port();
     let (agent, _shutdown) = start_agent(
@@ -148,7 +165,10 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
     .await;
 
     coord.stop().await;
-    until("the agent to notice", || (!reporter.borrow().connected).then_some(())).await;
+    until("the agent to notice", || {
+        (!reporter.borrow().connected).then_some(())
+    })
+    .await;
     let before = rec.lock().expect("lock").accepted.len();
 
     // Healing goes on, unchanged, while nobody listens.
@@ -163,7 +183,11 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
     .await;
     let last_seq = reporter.borrow().last_seq;
     assert!(reporter.borrow().unacked > 0, "events wait in the buffer");
-    assert_eq!(rec.lock().expect("lock").accepted.len(), before, "nothing delivered while down");
+    assert_eq!(
+        rec.lock().expect("lock").accepted.len(),
+        before,
+        "nothing delivered while down"
+    );
 
     // The coordinator comes back on the same address (with its durable record).
     let coord = FakeCoordinator::start(addr, &server_tls, rec.clone(), Behaviour::default()).await;
@@ -172,20 +196,31 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
         (r.accepted.last().map(|e| e.seq) >= Some(last_seq)).then_some(())
     })
     .await;
-    let r = rec.lock().expect("lock");
-    assert!(r.hellos.len() >= 2, "reconnected");
-    assert_eq!(r.hellos[0].epoch, r.hellos[1].epoch, "same process, same epoch");
-    assert!(r.hellos[1].last_seq >= last_seq);
-    assert!(r.gaps.is_empty(), "no event lost: {:?}", r.gaps);
-    let seqs: Vec<u64> = r.accepted.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "once each, in order");
-    assert!(
-        r.accepted[before..].iter().any(|e| matches!(&e.kind,
-            Some(v1::event::Kind::RestartAttempted(a)) if a.succeeded)),
-        "the restart made while down was replayed"
-    );
-    drop(r);
-    until("the buffer drained by acks", || (reporter.borrow().unacked == 0).then_some(())).await;
+    {
+        let r = rec.lock().expect("lock");
+        assert!(r.hellos.len() >= 2, "reconnected");
+        assert_eq!(
+            r.hellos[0].epoch, r.hellos[1].epoch,
+            "same process, same epoch"
+        );
+        assert!(r.hellos[1].last_seq >= last_seq);
+        assert!(r.gaps.is_empty(), "no event lost: {:?}", r.gaps);
+        let seqs: Vec<u64> = r.accepted.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "once each, in order"
+        );
+        assert!(
+            r.accepted[before..].iter().any(|e| matches!(&e.kind,
+                Some(v1::event::Kind::RestartAttempted(a)) if a.succeeded)),
+            "the restart made while down was replayed"
+        );
+    }
+    until("the buffer drained by acks", || {
+        (reporter.borrow().unacked == 0).then_some(())
+    })
+    .await;
     assert!(agent.stop(Duration::from_secs(30)).await);
     coord.stop().await;
 }
@@ -225,7 +260,12 @@ async fn redirect_is_followed_and_pause_directive_stops_restarts() {
     let port = free_port();
     let (agent, _shutdown) = start_agent(
         dir.path(),
-        &agent_toml(dir.path(), &agent_tls, &[follower.addr.to_string()], &web(port)),
+        &agent_toml(
+            dir.path(),
+            &agent_tls,
+            &[follower.addr.to_string()],
+            &web(port),
+        ),
     );
     let reporter = agent.reporter.clone().expect("reporter");
     until("connected to the leader", || {
@@ -264,14 +304,21 @@ async fn a_certificate_for_another_instance_is_refused_before_connecting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_tls, agent_tls) = pki(dir.path(), "i-other");
     let rec = recorded();
-    let coord = FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord =
+        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
     let (agent, _shutdown) = start_agent(
         dir.path(),
         &agent_toml(dir.path(), &agent_tls, &[coord.addr.to_string()], ""),
     );
     let reporter = agent.reporter.clone().expect("reporter");
-    let error = until("the mismatch reported", || reporter.borrow().last_error.clone()).await;
-    assert!(error.contains("i-other") && error.contains("i-0123"), "{error}");
+    let error = until("the mismatch reported", || {
+        reporter.borrow().last_error.clone()
+    })
+    .await;
+    assert!(
+        error.contains("i-other") && error.contains("i-0123"),
+        "{error}"
+    );
     assert!(rec.lock().expect("lock").hellos.is_empty());
     assert!(agent.stop(Duration::from_secs(30)).await);
     coord.stop().await;

@@ -17,8 +17,8 @@ use autoheal_proto::{
     identity::TrustDomain,
     tls::{TlsFiles, server_config},
     v1::{
-        self, agent_message, agent_service_server::AgentService, coordinator_message,
-        agent_service_server::AgentServiceServer,
+        self, agent_message, agent_service_server::AgentService,
+        agent_service_server::AgentServiceServer, coordinator_message,
     },
 };
 use tokio::{
@@ -158,7 +158,11 @@ pub fn pki(dir: &Path, instance: &str) -> (TlsFiles, TlsFiles) {
         vec![
             SanType::DnsName("localhost".try_into().expect("dns")),
             SanType::IpAddress("127.0.0.1".parse().expect("ip")),
-            SanType::URI("spiffe://autoheal.test/operator/coordinator".try_into().expect("uri")),
+            SanType::URI(
+                "spiffe://autoheal.test/operator/coordinator"
+                    .try_into()
+                    .expect("uri"),
+            ),
         ],
         "server",
     );
@@ -241,10 +245,12 @@ impl AgentService for Fake {
             me.recorded.lock().expect("lock").hellos.push(hello);
             if let Some(to) = &me.behaviour.redirect_to {
                 let _ = tx
-                    .send(Ok(send(coordinator_message::Kind::Redirect(v1::Redirect {
-                        endpoint: to.clone(),
-                        reason: "not the leader".into(),
-                    }))))
+                    .send(Ok(send(coordinator_message::Kind::Redirect(
+                        v1::Redirect {
+                            endpoint: to.clone(),
+                            reason: "not the leader".into(),
+                        },
+                    ))))
                     .await;
                 return;
             }
@@ -301,7 +307,9 @@ impl AgentService for Fake {
                     r.acked.get(&epoch).copied().unwrap_or(0)
                 };
                 let _ = tx
-                    .send(Ok(send(coordinator_message::Kind::Ack(v1::Ack { seq: ack }))))
+                    .send(Ok(send(coordinator_message::Kind::Ack(v1::Ack {
+                        seq: ack,
+                    }))))
                     .await;
             }
         });
@@ -338,10 +346,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
@@ -397,7 +402,10 @@ impl FakeCoordinator {
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AgentServiceServer::new(fake))
-                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), server_stop.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    ReceiverStream::new(conn_rx),
+                    server_stop.cancelled_owned(),
+                )
                 .await;
         });
         Self {
@@ -429,7 +437,10 @@ pub fn tls_section(files: &TlsFiles) -> String {
 }
 
 pub fn socket_section(dir: &Path) -> String {
-    format!("[status]\nsocket = \"{}\"\n", dir.join("agent.sock").display())
+    format!(
+        "[status]\nsocket = \"{}\"\n",
+        dir.join("agent.sock").display()
+    )
 }
 
 pub fn pid_of(agent: &Agent, service: &str) -> Option<u32> {
