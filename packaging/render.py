@@ -1,35 +1,41 @@
-"""The IAM policies of packaging/cloudformation/autoheal.yaml, as plain JSON.
+"""The IAM policies and the ECS task definition of packaging/cloudformation/autoheal.yaml, as
+plain JSON.
 
-The template is the one source of the policies. This renders each role's permission policy
-with example values (account 111122223333, us-east-1, stack `autoheal`) into packaging/iam/, for
-people who don't deploy with CloudFormation and for parliament, and checks:
+The template is the one source of both. This renders them with example values (account
+111122223333, us-east-1, stack `autoheal`): each role's permission policy into packaging/iam/
+(for parliament, and for people who don't deploy with CloudFormation) and the task definition
+into packaging/coordinator/ecs-task-definition.json (the input of `aws ecs
+register-task-definition --cli-input-json`), and checks:
 
-  render            rewrite packaging/iam/*.json from the template
-  check             the JSON files match the template (no drift), and the coordinator task
-                    role grants exactly COORDINATOR_ACTIONS from coordinator/src/aws_actions.rs
+  render            rewrite those files from the template
+  check             the files match the template (no drift), and the coordinator task role
+                    grants exactly COORDINATOR_ACTIONS from coordinator/src/aws_actions.rs
   actions FILE...   print the actions granted by policy files (one per line, sorted)
 
 Run it with the packaging venv's python (it reads the template with cfn-lint's YAML loader).
 """
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 from cfnlint.decode import decode
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "packaging/cloudformation/autoheal.yaml"
-OUT = REPO / "packaging/iam"
-RUST_ACTIONS = REPO / "coordinator/src/aws_actions.rs"
+OUT = REPO / "packaging"
+# Overridable so the tests can show that a difference is caught.
+RUST_ACTIONS = Path(os.environ.get("AUTOHEAL_ACTIONS_FILE", REPO / "coordinator/src/aws_actions.rs"))
 
 # Role resource -> file name.
 ROLES = {
-    "CoordinatorTaskRole": "coordinator-task-role.json",
-    "TaskExecutionRole": "coordinator-execution-role.json",
-    "AgentInstanceRole": "agent-instance-role.json",
+    "CoordinatorTaskRole": "iam/coordinator-task-role.json",
+    "TaskExecutionRole": "iam/coordinator-execution-role.json",
+    "AgentInstanceRole": "iam/agent-instance-role.json",
 }
+TASK_DEFINITION = "coordinator/ecs-task-definition.json"
 PSEUDO = {
     "AWS::Partition": "aws",
     "AWS::Region": "us-east-1",
@@ -43,7 +49,24 @@ EXAMPLES = {
     "StateTable.Arn": "arn:aws:dynamodb:us-east-1:111122223333:table/autoheal-state",
     "NotificationTopic": "arn:aws:sns:us-east-1:111122223333:autoheal-events",
     "LogGroup": "/autoheal/autoheal/coordinator",
+    "CoordinatorImage": "111122223333.dkr.ecr.us-east-1.amazonaws.com/autoheal:coordinator-0.1.0",
+    "TlsInitImage": "111122223333.dkr.ecr.us-east-1.amazonaws.com/autoheal:tls-init-0.1.0",
+    "TaskExecutionRole.Arn": "arn:aws:iam::111122223333:role/autoheal-coordinator-execution",
+    "CoordinatorTaskRole.Arn": "arn:aws:iam::111122223333:role/autoheal-coordinator",
 }
+
+
+def api_names(node, keep_keys=False):
+    """CloudFormation's property names are the ECS API's with a capital first letter; the
+    keys of a log driver's Options are the driver's own and stay as they are."""
+    if isinstance(node, dict):
+        return {
+            (k if keep_keys else k[:1].lower() + k[1:]): api_names(v, keep_keys=(k == "Options"))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [api_names(x) for x in node]
+    return node
 
 
 class Resolver:
@@ -56,7 +79,7 @@ class Resolver:
 
     def lookup(self, name):
         if name not in self.values:
-            raise SystemExit(f"policies.py: no example value for {name!r}: add it to EXAMPLES")
+            raise SystemExit(f"render.py: no example value for {name!r}: add it to EXAMPLES")
         return self.values[name]
 
     def resolve(self, node):
@@ -74,7 +97,7 @@ class Resolver:
                 if key == "Fn::Join":
                     return arg[0].join(self.resolve(x) for x in arg[1])
                 if key.startswith("Fn::"):
-                    raise SystemExit(f"policies.py: {key} is not supported in policies")
+                    raise SystemExit(f"render.py: {key} is not supported in policies")
             return {k: self.resolve(v) for k, v in node.items()}
         if isinstance(node, list):
             return [self.resolve(x) for x in node]
@@ -84,15 +107,17 @@ class Resolver:
 def render():
     template, errors = decode(str(TEMPLATE))
     if errors:
-        raise SystemExit(f"policies.py: cannot read {TEMPLATE}: {errors}")
+        raise SystemExit(f"render.py: cannot read {TEMPLATE}: {errors}")
     resolver = Resolver(template)
     out = {}
     for resource, file in ROLES.items():
         policies = template["Resources"][resource]["Properties"]["Policies"]
         if len(policies) != 1:
-            raise SystemExit(f"policies.py: {resource} must have exactly one inline policy")
+            raise SystemExit(f"render.py: {resource} must have exactly one inline policy")
         doc = resolver.resolve(policies[0]["PolicyDocument"])
         out[file] = json.dumps(doc, indent=2) + "\n"
+    task = resolver.resolve(template["Resources"]["TaskDefinition"]["Properties"])
+    out[TASK_DEFINITION] = json.dumps(api_names(task), indent=2) + "\n"
     return out
 
 
@@ -101,13 +126,13 @@ def granted(doc):
     actions = set()
     for st in doc["Statement"]:
         if "NotAction" in st or "NotResource" in st:
-            raise SystemExit(f"policies.py: statement {st.get('Sid')}: NotAction/NotResource are not allowed")
+            raise SystemExit(f"render.py: statement {st.get('Sid')}: NotAction/NotResource are not allowed")
         if st["Effect"] != "Allow":
             continue
         names = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
         for a in names:
             if "*" in a or "?" in a:
-                raise SystemExit(f"policies.py: statement {st.get('Sid')}: wildcard action {a!r}")
+                raise SystemExit(f"render.py: statement {st.get('Sid')}: wildcard action {a!r}")
             actions.add(a)
     return actions
 
@@ -116,14 +141,14 @@ def rust_actions():
     text = RUST_ACTIONS.read_text()
     m = re.search(r"COORDINATOR_ACTIONS\s*:\s*&\[&str\]\s*=\s*&\[(.*?)\];", text, re.S)
     if not m:
-        raise SystemExit(f"policies.py: no `pub const COORDINATOR_ACTIONS: &[&str] = &[...];` in {RUST_ACTIONS}")
+        raise SystemExit(f"render.py: no `pub const COORDINATOR_ACTIONS: &[&str] = &[...];` in {RUST_ACTIONS}")
     body = re.sub(r"//[^\n]*", "", m.group(1))
     actions = re.findall(r'"([^"]*)"', body)
     bad = [a for a in actions if not re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", a)]
     if bad:
-        raise SystemExit(f"policies.py: not IAM actions in {RUST_ACTIONS}: {bad}")
+        raise SystemExit(f"render.py: not IAM actions in {RUST_ACTIONS}: {bad}")
     if len(set(actions)) != len(actions):
-        raise SystemExit(f"policies.py: duplicate actions in {RUST_ACTIONS}")
+        raise SystemExit(f"render.py: duplicate actions in {RUST_ACTIONS}")
     return set(actions)
 
 
@@ -132,11 +157,11 @@ def check():
     for file, text in render().items():
         path = OUT / file
         if not path.exists() or path.read_text() != text:
-            print(f"  FAIL  {path.relative_to(REPO)} differs from the template: run `python packaging/iam/policies.py render`")
             ok = False
+            print(f"  FAIL  {path.relative_to(REPO)} differs from the template: run `packaging/check.sh --render`")
         else:
             print(f"  ok    {path.relative_to(REPO)} matches the template")
-    policy = granted(json.loads(render()["coordinator-task-role.json"]))
+    policy = granted(json.loads(render()[ROLES["CoordinatorTaskRole"]]))
     code = rust_actions()
     if policy == code:
         print(f"  ok    coordinator task role grants exactly the {len(code)} actions of COORDINATOR_ACTIONS")
