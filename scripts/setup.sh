@@ -16,3 +16,9 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+# moto server: the AWS API emulator the end-to-end tests run on loopback (with boto3, which the
+# fixture scripts use to create fleets through the same API).
+if ! python3 -c 'import moto.server, boto3, flask' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi

@@ -309,6 +309,17 @@ impl Fleet {
         agent.dropped_events = heartbeat.dropped_events;
         for (name, service_state) in &heartbeat.services {
             agent.services.insert(name.clone(), *service_state);
+            // A coordinator that restarted after the Escalated event was acked learns of the
+            // escalation from the heartbeat's service states.
+            if *service_state == ServiceState::Escalated
+                && !agent.escalations.iter().any(|e| &e.service == name)
+            {
+                agent.escalations.push(Escalation {
+                    service: name.clone(),
+                    reason: "reported escalated by the agent's heartbeat".to_owned(),
+                    at: now,
+                });
+            }
         }
         Some(agent.acked_seq)
     }

@@ -24,6 +24,10 @@ use tonic::transport::Channel;
 
 pub use tempfile::TempDir;
 
+pub mod moto;
+pub mod proxy;
+pub mod sim;
+
 /// Instance ids that every test PKI has certificates for.
 pub const INSTANCE_A: &str = "i-aaaaaaaaaaaaaaaa";
 pub const INSTANCE_B: &str = "i-bbbbbbbbbbbbbbbb";
@@ -119,17 +123,24 @@ pub struct Coordinator {
     pub addr: SocketAddr,
     pub workdir: TempDir,
     pub stderr_log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on a free loopback port with the PKI's coordinator certificate.
     /// `extra` is appended to the top level of the config (before any table).
     pub fn start(pki: &Pki, extra: &str) -> Self {
+        Self::start_with(pki, extra, "127.0.0.1:0", &[])
+    }
+
+    /// Like [`Coordinator::start`], on a chosen address and with extra environment variables
+    /// (e.g. AWS credentials for moto, or a fault to inject).
+    pub fn start_with(pki: &Pki, extra: &str, listen: &str, env: &[(&str, &str)]) -> Self {
         let workdir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             r#"
 coordinator_id = "test-coordinator"
-listen = "127.0.0.1:0"
+listen = "{listen}"
 trust_domain = "{td}"
 state_dir = "{state}"
 tls_reload_interval = "200ms"
@@ -144,40 +155,64 @@ key = "{pki}/coordinator-key.pem"
 heartbeat_interval = "1s"
 "#,
             td = pki.trust_domain,
+            listen = listen,
             state = workdir.path().join("state").display(),
             pki = pki.path().display(),
         );
         let path = workdir.path().join("coordinator.toml");
         std::fs::write(&path, config).expect("write config");
-        Self::start_with_config(&path, workdir)
-    }
-
-    pub fn start_with_config(config: &Path, workdir: TempDir) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let stderr_log = workdir.path().join("coordinator.log");
-        let (child, addr) = spawn(config, &stderr_log);
+        let (child, addr) = spawn(&path, &stderr_log, &env);
         Self {
             child,
             addr,
             workdir,
             stderr_log,
+            env,
+        }
+    }
+
+    /// The process's exit status, waiting up to `timeout` for it to end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Kills the process (SIGKILL) and starts it again with the same config and state folder.
     /// The listen port may change (the config says port 0).
     pub fn restart(&mut self) {
+        let env = self.env.clone();
+        self.restart_with_env(env);
+    }
+
+    /// Restarts with a different environment (e.g. without an injected fault).
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.env = env;
         let (child, addr) = spawn(
             &self.workdir.path().join("coordinator.toml"),
             &self.stderr_log,
+            &self.env,
         );
         self.child = child;
         self.addr = addr;
     }
 }
 
-fn spawn(config: &Path, stderr_log: &Path) -> (Child, SocketAddr) {
+fn spawn(config: &Path, stderr_log: &Path, env: &[(String, String)]) -> (Child, SocketAddr) {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -187,6 +222,7 @@ fn spawn(config: &Path, stderr_log: &Path) -> (Child, SocketAddr) {
         .arg("--config")
         .arg(config)
         .env("AUTOHEAL_LOG", "info,autoheal_coordinator=debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()

@@ -1,0 +1,237 @@
+//! The real agent (in-process, with real child processes) against the real
+//! `autoheal-coordinator` binary over mTLS.
+
+use std::{path::Path, time::Duration};
+
+use autoheal_agent::{Agent, Config, state::ServiceState};
+use autoheal_proto::v1;
+use autoheal_tests::{Coordinator, INSTANCE_A, Pki, eventually};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn start_agent(dir: &Path, pki: &Pki, endpoint: &str, services: &str) -> (Agent, CancellationToken) {
+    let tls = pki.instance(INSTANCE_A);
+    let toml = format!(
+        r#"
+[coordinator]
+endpoints = ["{endpoint}"]
+connect_timeout = "2s"
+reconnect_initial = "100ms"
+reconnect_max = "1s"
+
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[identity]
+instance_id = "{INSTANCE_A}"
+availability_zone = "test-1a"
+
+[status]
+socket = "{sock}"
+
+{services}
+"#,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        sock = dir.join("agent.sock").display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let shutdown = CancellationToken::new();
+    let agent = Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
+        .expect("agent starts");
+    (agent, shutdown)
+}
+
+/// The coordinator's recorded events for our instance, as (kind, message).
+async fn coordinator_events(coordinator: &Coordinator, pki: &Pki) -> Vec<(String, String)> {
+    let endpoint = coordinator.endpoint();
+    let files = pki.viewer();
+    let ctl = autoheal_tests::bin("autohealctl");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(ctl)
+            .args(["--endpoint", &endpoint])
+            .arg("--ca")
+            .arg(&files.ca)
+            .arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key)
+            .args(["--output", "json", "events", "--instance", INSTANCE_A])
+            .output()
+            .expect("run autohealctl")
+    })
+    .await
+    .expect("join");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap_or_default().to_owned(),
+                v["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_from_a_service_that_cannot_start_reaches_the_coordinator() {
+    let pki = Pki::new();
+    let coordinator = Coordinator::start(&pki, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, _shutdown) = start_agent(
+        dir.path(),
+        &pki,
+        &coordinator.endpoint(),
+        r#"
+[services.broken]
+run = ["sh", "-c", "echo missing config >&2; exit 78"]
+[services.broken.restart]
+max_attempts = 2
+backoff_initial = "100ms"
+verify_timeout = "2s"
+[[services.broken.checks]]
+kind = "exec"
+command = ["false"]
+interval = "500ms"
+timeout = "300ms"
+"#,
+    );
+    let events = eventually(WAIT, "the escalation recorded by the coordinator", || async {
+        let events = coordinator_events(&coordinator, &pki).await;
+        events
+            .iter()
+            .any(|(kind, _)| kind.contains("escalat"))
+            .then_some(events)
+    })
+    .await;
+    let restarts = events
+        .iter()
+        .filter(|(kind, _)| kind == "restart-attempted")
+        .count();
+    assert_eq!(restarts, 2, "every attempt is reported: {events:#?}");
+    assert_eq!(
+        agent.snapshot("broken").map(|s| s.state),
+        Some(ServiceState::Escalated)
+    );
+    assert!(agent.stop(Duration::from_secs(30)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_continues_through_a_coordinator_outage_and_every_event_arrives_once_in_order() {
+    let pki = Pki::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut coordinator = Coordinator::start_with(&pki, "", &listen, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (agent, _shutdown) = start_agent(
+        dir.path(),
+        &pki,
+        &coordinator.endpoint(),
+        &format!(
+            r#"
+[services.web]
+run = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+stop_timeout = "2s"
+[services.web.restart]
+backoff_initial = "100ms"
+verify_timeout = "20s"
+[[services.web.checks]]
+kind = "http"
+url = "http://127.0.0.1:{port}/"
+interval = "500ms"
+timeout = "300ms"
+"#
+        ),
+    );
+    let mut tap = agent.events.subscribe();
+    let reporter = agent.reporter.clone().expect("reporter");
+    let first = eventually(WAIT, "web healthy and the agent connected", || async {
+        let s = agent.snapshot("web")?;
+        (s.state == ServiceState::Healthy && reporter.borrow().connected)
+            .then_some(s.pid)
+            .flatten()
+    })
+    .await;
+
+    // The coordinator goes away; the agent keeps healing.
+    let _ = coordinator.child.kill();
+    let _ = coordinator.child.wait();
+    eventually(WAIT, "the agent to notice", || async {
+        (!reporter.borrow().connected).then_some(())
+    })
+    .await;
+    kill(first, "-KILL");
+    eventually(WAIT, "web healthy again with a new pid while the coordinator is down", || async {
+        agent
+            .snapshot("web")
+            .filter(|s| s.state == ServiceState::Healthy && s.pid.is_some_and(|p| p != first))
+            .map(|_| ())
+    })
+    .await;
+    assert!(reporter.borrow().unacked > 0, "events wait for the coordinator");
+
+    // It comes back (same address, same state folder): everything is delivered.
+    coordinator.restart();
+    eventually(WAIT, "every event acknowledged", || async {
+        let s = reporter.borrow();
+        (s.connected && s.unacked == 0).then_some(())
+    })
+    .await;
+
+    // What the agent emitted, in order, against what the coordinator recorded.
+    let mut emitted = Vec::new();
+    while let Ok(e) = tap.try_recv() {
+        emitted.push(match e.kind {
+            v1::event::Kind::CheckChanged(_) => "check-changed",
+            v1::event::Kind::ServiceStateChanged(_) => "service-state-changed",
+            v1::event::Kind::RestartAttempted(_) => "restart-attempted",
+            _ => "other",
+        });
+    }
+    let recorded: Vec<(String, String)> = coordinator_events(&coordinator, &pki)
+        .await
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "check-changed" | "service-state-changed" | "restart-attempted"
+            )
+        })
+        .collect();
+    let restarts: Vec<&(String, String)> = recorded
+        .iter()
+        .filter(|(k, _)| k == "restart-attempted")
+        .collect();
+    assert_eq!(restarts.len(), 1, "the restart made during the outage, once: {recorded:#?}");
+    // The tap was subscribed after start, so compare the tail: the coordinator's last events are
+    // exactly the agent's, once each and in the same order.
+    let tail: Vec<&str> = recorded[recorded.len().saturating_sub(emitted.len())..]
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(tail, emitted, "recorded {recorded:#?}");
+    assert!(agent.stop(Duration::from_secs(30)).await);
+}
