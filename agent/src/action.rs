@@ -2,11 +2,7 @@
 //! at once (a child we own is awaited directly; a systemd unit's MainPID or a pidfile's pid is
 //! polled in /proc every 250 ms), not at the next check.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{
     process::{Child, Command},
@@ -265,12 +261,4 @@ async fn main_pid(unit: &str) -> Option<u32> {
         .parse::<u32>()
         .ok()
         .filter(|p| *p != 0)
-}
-
-/// Resolved pidfile path, for display.
-pub fn pidfile_of(action: &Action) -> Option<&PathBuf> {
-    match action {
-        Action::Command { pidfile, .. } => pidfile.as_ref(),
-        _ => None,
-    }
 }

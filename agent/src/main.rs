@@ -126,6 +126,20 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     // Beyond the file itself: can the TLS files be used, and do they name this instance?
     let mut problems = Vec::new();
     if let Some(c) = &config.coordinator {
+        for (name, file) in [
+            ("ca", &c.tls.ca),
+            ("cert", &c.tls.cert),
+            ("key", &c.tls.key),
+        ] {
+            if let Err(e) = std::fs::File::open(file) {
+                problems.push((
+                    format!("tls.{name}"),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
+    }
+    if let (Some(c), true) = (&config.coordinator, problems.is_empty()) {
         match c.tls.load() {
             Err(e) => problems.push(("tls".to_owned(), DisplayChain(&e).to_string())),
             Ok(material) => match c.tls.identity(&material) {
