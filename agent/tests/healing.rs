@@ -303,3 +303,45 @@ async fn paused_healing_keeps_checking_but_does_not_restart() {
     assert_ne!(first, second);
     assert!(agent.stop(Duration::from_secs(30)).await);
 }
+
+#[tokio::test]
+async fn too_many_transitions_are_reported_as_flapping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The check passes twice, fails twice, and so on (a counter file in the config's folder).
+    let toml = format!(
+        r#"
+{socket}
+[services.flaky]
+run = ["sleep", "1000"]
+[services.flaky.restart]
+max_attempts = 100
+backoff_initial = "10ms"
+backoff_max = "20ms"
+verify_timeout = "10s"
+flap_transitions = 4
+flap_window = "10m"
+[[services.flaky.checks]]
+kind = "exec"
+command = ["sh", "-c", "n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; test $((n % 4)) -lt 2"]
+interval = "200ms"
+timeout = "150ms"
+failure_threshold = 1
+"#,
+        socket = socket_section(dir.path())
+    );
+    let (agent, _shutdown) = start_agent(dir.path(), &toml);
+    let mut events = Events::new(&agent);
+    let change = events
+        .wait_for("a change to flapping", |e| match e {
+            v1::event::Kind::ServiceStateChanged(c)
+                if c.to == v1::ServiceState::Flapping as i32 =>
+            {
+                Some(c.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(change.service, "flaky");
+    assert!(change.reason.contains("transitions"), "{}", change.reason);
+    assert!(agent.stop(Duration::from_secs(30)).await);
+}
