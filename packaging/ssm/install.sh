@@ -87,6 +87,17 @@ chmod 0640 "$config"
 # there even before the first start.
 DESTDIR=$root "$root/usr/local/sbin/autoheal-agent-allow-restarts"
 
+# Restarts are authorised by a JavaScript polkit rule: without polkit, or with the pre-0.106
+# polkit of older Ubuntu (.pkla files only), the agent still checks and reports but cannot
+# restart units. Said here, not failed: the rest of the agent is still worth having.
+if [ -z "$root" ]; then
+  polkit_version=$(pkaction --version 2>/dev/null | awk '{ print $NF }' || true)
+  case $polkit_version in
+    "") log "WARNING: polkit is not installed: the agent will not be able to restart units" ;;
+    0.10[0-5] | 0.10[0-5].*) log "WARNING: polkit $polkit_version has no JavaScript rules: the agent will not be able to restart units" ;;
+  esac
+fi
+
 systemctl daemon-reload
 systemctl enable "$unit"
 systemctl restart "$unit"
