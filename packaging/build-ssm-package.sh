@@ -4,9 +4,10 @@
 #
 #   packaging/build-ssm-package.sh [--out DIR] [--version V] [--allow-stub] [X86_64_BIN [ARM64_BIN]]
 #
-# X86_64_BIN defaults to target/release/autoheal-agent (`cargo build --release -p autoheal-agent`).
-# ARM64_BIN defaults to target/aarch64-unknown-linux-gnu/release/autoheal-agent when it exists;
-# without it the package is x86_64 only. Each binary must be an ELF file for its architecture;
+# X86_64_BIN defaults to target/release/autoheal-agent (`cargo build --release -p autoheal-agent`;
+# pass target/x86_64-unknown-linux-musl/release/autoheal-agent for the static build).
+# ARM64_BIN defaults to the first of target/aarch64-unknown-linux-{musl,gnu}/release/autoheal-agent
+# that exists; without one the package is x86_64 only. Each binary must be an ELF file for its architecture;
 # --allow-stub accepts any file (the packaging tests use a shell script instead of a release build).
 # The zips are reproducible: fixed timestamps and file order.
 set -euo pipefail
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
     --allow-stub) allow_stub=true; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     -*) echo "build-ssm-package: unknown option $1" >&2; exit 2 ;;
     *) bins+=("$1"); shift ;;
   esac
@@ -29,9 +30,11 @@ done
 if [ ${#bins[@]} -gt 2 ]; then echo "build-ssm-package: at most two binaries" >&2; exit 2; fi
 x86_bin=${bins[0]:-$repo/target/release/autoheal-agent}
 arm_bin=${bins[1]:-}
-if [ -z "$arm_bin" ] && [ -f "$repo/target/aarch64-unknown-linux-gnu/release/autoheal-agent" ]; then
-  arm_bin=$repo/target/aarch64-unknown-linux-gnu/release/autoheal-agent
-fi
+for t in musl gnu; do
+  if [ -z "$arm_bin" ] && [ -f "$repo/target/aarch64-unknown-linux-$t/release/autoheal-agent" ]; then
+    arm_bin=$repo/target/aarch64-unknown-linux-$t/release/autoheal-agent
+  fi
+done
 if [ -z "$version" ]; then
   version=$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
 fi
