@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
     --allow-stub) allow_stub=true; shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     -*) echo "build-ssm-package: unknown option $1" >&2; exit 2 ;;
     *) bins+=("$1"); shift ;;
   esac
