@@ -1,0 +1,308 @@
+//! The leader lease: a task that claims the lease through the [`Store`], renews it, and publishes
+//! whether this coordinator leads.
+//!
+//! Safety rests on the store, not on this task: every journal write is fenced by the token, so a
+//! coordinator that believes it leads a little too long still cannot write an intent, and does
+//! not act. This task's job is to make that rare: it steps down as soon as a renew fails, and as
+//! soon as the monotonic time since the last renew was *sent* reaches the TTL (a SIGSTOPped
+//! process that wakes up finds its lease over before it tries anything).
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::{Claim, LeaseClaim, LeaseRecord, SharedClock, Store, StoreError};
+
+/// Whether this coordinator leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderState {
+    /// Act, stamping `token` on every journal entry.
+    Leader { token: u64 },
+    /// Don't act; redirect agents to the leader, if known.
+    Follower { leader_endpoint: Option<String> },
+}
+
+impl LeaderState {
+    pub fn token(&self) -> Option<u64> {
+        match self {
+            LeaderState::Leader { token } => Some(*token),
+            LeaderState::Follower { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// Unique per replica; a restarted replica with the same owner reclaims its lease at once.
+    pub owner: String,
+    /// The address agents should be redirected to while this replica leads.
+    pub endpoint: String,
+    /// How long a lease lasts without renewal: the longest failover after a leader dies is
+    /// `ttl + renew_interval`.
+    pub ttl: Duration,
+    /// How often the leader renews and followers try to claim. Under `ttl / 3`, so two renews
+    /// can fail before the lease lapses.
+    pub renew_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseSettingsError {
+    #[error(
+        "lease renew_interval ({renew_interval:?}) must be positive and under a third of ttl ({ttl:?})"
+    )]
+    RenewTooSlow {
+        renew_interval: Duration,
+        ttl: Duration,
+    },
+    #[error("lease owner must not be empty")]
+    NoOwner,
+}
+
+enum Command {
+    Fenced { token: u64 },
+}
+
+/// What the rest of the coordinator holds: the published state, and a way to report a fenced
+/// write so the lease steps down at once rather than at its next renew.
+#[derive(Debug, Clone)]
+pub struct LeaseHandle {
+    state: watch::Receiver<LeaderState>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Fenced { token } => write!(f, "Fenced({token})"),
+        }
+    }
+}
+
+impl LeaseHandle {
+    /// The state now.
+    pub fn current(&self) -> LeaderState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver to watch changes (health reporting, Hello redirects, the controller).
+    pub fn watch(&self) -> watch::Receiver<LeaderState> {
+        self.state.clone()
+    }
+
+    /// Tells the lease that a write with `token` was fenced: if that is its token, it steps down
+    /// now.
+    pub async fn report_fenced(&self, token: u64) {
+        // The task has ended only at shutdown, when leading no longer matters.
+        let _ = self.commands.send(Command::Fenced { token }).await;
+    }
+}
+
+/// The lease task. See the module docs.
+#[derive(Debug)]
+pub struct Lease {
+    store: Arc<dyn Store>,
+    settings: LeaseSettings,
+    clock: SharedClock,
+    state: watch::Sender<LeaderState>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Lease {
+    /// A follower until `run` wins the lease.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: LeaseSettings,
+        clock: SharedClock,
+    ) -> Result<(Self, LeaseHandle), LeaseSettingsError> {
+        if settings.owner.is_empty() {
+            return Err(LeaseSettingsError::NoOwner);
+        }
+        if settings.renew_interval.is_zero() || settings.renew_interval * 3 >= settings.ttl {
+            return Err(LeaseSettingsError::RenewTooSlow {
+                renew_interval: settings.renew_interval,
+                ttl: settings.ttl,
+            });
+        }
+        let (state_tx, state_rx) = watch::channel(LeaderState::Follower {
+            leader_endpoint: None,
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        Ok((
+            Self {
+                store,
+                settings,
+                clock,
+                state: state_tx,
+                commands: commands_rx,
+            },
+            LeaseHandle {
+                state: state_rx,
+                commands: commands_tx,
+            },
+        ))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = tracing::info_span!("lease", owner = %self.settings.owner);
+        self.run_in_span(shutdown).instrument(span).await;
+    }
+
+    async fn run_in_span(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.renew_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The lease this replica holds, and until when (monotonic) it may believe so.
+        let mut held: Option<(LeaseRecord, Instant)> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = self.commands.recv() => {
+                    let Command::Fenced { token } = command;
+                    if held.as_ref().is_some_and(|(l, _)| l.fencing_token == token) {
+                        tracing::warn!(token, "a write was fenced; stepping down");
+                        held = None;
+                        self.publish(LeaderState::Follower { leader_endpoint: None });
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            held = match held.take() {
+                Some((lease, valid_until)) => self.renew(lease, valid_until).await,
+                None => None,
+            };
+            if held.is_none() {
+                held = self.claim().await;
+            }
+        }
+        if let Some((lease, _)) = held {
+            self.publish(LeaderState::Follower {
+                leader_endpoint: None,
+            });
+            // Hand over without making the others wait out the TTL.
+            match tokio::time::timeout(
+                self.settings.renew_interval,
+                self.store.release_lease(&lease),
+            )
+            .await
+            {
+                Ok(Ok(())) => tracing::info!(token = lease.fencing_token, "released the lease"),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "cannot release the lease; it expires on its own")
+                }
+                Err(_) => tracing::warn!("releasing the lease timed out; it expires on its own"),
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: LeaseRecord,
+        valid_until: Instant,
+    ) -> Option<(LeaseRecord, Instant)> {
+        let sent = self.clock.now();
+        let token = lease.fencing_token;
+        if sent >= valid_until {
+            tracing::warn!(
+                token,
+                "lease lapsed before it could be renewed (was this process paused?); stepping down"
+            );
+            self.publish(LeaderState::Follower {
+                leader_endpoint: None,
+            });
+            return None;
+        }
+        let outcome = tokio::time::timeout(
+            valid_until - sent,
+            self.store
+                .renew_lease(&lease, self.settings.ttl, self.clock.wall()),
+        )
+        .await;
+        let error = match outcome {
+            // Measured from when the renew was sent: the store's expiry starts then too.
+            Ok(Ok(renewed)) => return Some((renewed, sent + self.settings.ttl)),
+            Ok(Err(error)) => error,
+            Err(_) => {
+                tracing::warn!(
+                    token,
+                    "lease renew got no answer before the lease lapsed; stepping down"
+                );
+                self.publish(LeaderState::Follower {
+                    leader_endpoint: None,
+                });
+                return None;
+            }
+        };
+        match &error {
+            StoreError::Fenced { .. } => {
+                tracing::warn!(token, error = %error, "lost the lease; stepping down")
+            }
+            _ => {
+                tracing::warn!(
+                    token,
+                    error = &error as &dyn std::error::Error,
+                    "cannot renew the lease; stepping down"
+                )
+            }
+        }
+        self.publish(LeaderState::Follower {
+            leader_endpoint: None,
+        });
+        None
+    }
+
+    async fn claim(&self) -> Option<(LeaseRecord, Instant)> {
+        let sent = self.clock.now();
+        let claim = LeaseClaim {
+            owner: self.settings.owner.clone(),
+            endpoint: self.settings.endpoint.clone(),
+            ttl: self.settings.ttl,
+        };
+        let outcome = tokio::time::timeout(
+            self.settings.renew_interval,
+            self.store.claim_lease(&claim, self.clock.wall()),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(Claim::Won(lease))) => {
+                tracing::info!(token = lease.fencing_token, "took the lease; leading");
+                self.publish(LeaderState::Leader {
+                    token: lease.fencing_token,
+                });
+                Some((lease, sent + self.settings.ttl))
+            }
+            Ok(Ok(Claim::Held(holder))) => {
+                self.publish(LeaderState::Follower {
+                    leader_endpoint: holder.map(|l| l.endpoint),
+                });
+                None
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "cannot read or claim the lease"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.settings.renew_interval, "lease claim got no answer");
+                None
+            }
+        }
+    }
+
+    fn publish(&self, state: LeaderState) {
+        self.state.send_if_modified(|current| {
+            if *current == state {
+                return false;
+            }
+            *current = state;
+            true
+        });
+    }
+}
