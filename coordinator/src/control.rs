@@ -10,6 +10,7 @@ use std::{
 };
 
 use autoheal_policy as policy;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -21,6 +22,50 @@ use crate::{
 
 /// How far back a succeeded action in the journal stops the same action being taken again.
 const DONE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// What the operator API needs to answer what-if and guardrail questions: the engine, the last
+/// snapshot it decided on, and the remediation book. Published after every pass.
+#[derive(Debug, Clone)]
+pub struct ControlView {
+    pub engine: policy::Engine,
+    pub fleet: policy::Fleet,
+    pub book: policy::RemediationBook,
+    pub at: SystemTime,
+}
+
+impl ControlView {
+    pub fn now(&self) -> policy::Timestamp {
+        ts(SystemTime::now())
+    }
+}
+
+/// Requests from the operator API.
+#[derive(Debug)]
+pub enum Command {
+    Drain {
+        instance: String,
+        reason: String,
+        by: String,
+        reply: oneshot::Sender<Result<Entry, DrainError>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("instance {0} is not in any managed auto scaling group")]
+    NotFound(String),
+    #[error("held by guardrails: {0}")]
+    Held(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The operator API's handle on the controller.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub view: watch::Receiver<Option<Arc<ControlView>>>,
+    pub commands: mpsc::Sender<Command>,
+}
 
 /// The AWS services the controller acts through.
 #[derive(Clone)]
@@ -70,6 +115,8 @@ pub struct Controller {
     /// Each instance's last good/bad verdict and when it flipped: the flap quarantine and the
     /// anomaly window read these.
     verdicts: HashMap<String, (bool, Vec<policy::Timestamp>)>,
+    view: watch::Sender<Option<Arc<ControlView>>>,
+    commands: mpsc::Receiver<Command>,
 }
 
 fn now_ms() -> u64 {
@@ -103,8 +150,14 @@ impl Controller {
         hands: Hands,
         journal: Arc<Journal>,
         settings: Settings,
-    ) -> Self {
-        Self {
+    ) -> (Self, Handle) {
+        let (view, view_rx) = watch::channel(None);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let handle = Handle {
+            view: view_rx,
+            commands: commands_tx,
+        };
+        let controller = Self {
             engine,
             book: policy::RemediationBook::new(),
             fleet,
@@ -115,7 +168,10 @@ impl Controller {
             last_said: HashMap::new(),
             unclaimed_reported: BTreeSet::new(),
             verdicts: HashMap::new(),
-        }
+            view,
+            commands,
+        };
+        (controller, handle)
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -126,6 +182,15 @@ impl Controller {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
+                Some(command) = self.commands.recv() => {
+                    match command {
+                        Command::Drain { instance, reason, by, reply } => {
+                            let result = self.drain(&instance, &reason, &by).await;
+                            let _ = reply.send(result);
+                        }
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             if !self.refresh_inventory().await {
@@ -279,6 +344,12 @@ impl Controller {
         self.poll_commands().await;
         let snapshot = self.snapshot(now);
         let plan = self.engine.decide(&snapshot, &mut self.book, ts(now));
+        self.view.send_replace(Some(Arc::new(ControlView {
+            engine: self.engine.clone(),
+            fleet: snapshot.clone(),
+            book: self.book.clone(),
+            at: now,
+        })));
         for decision in &plan.decisions {
             self.tell(decision);
         }
@@ -483,6 +554,114 @@ impl Controller {
                 ))
             }
         }
+    }
+
+    /// Operator-requested deregistration. Guardrails still apply (min healthy, brakes…) except
+    /// the global pause, which holds automatic actions, not a person's deliberate one. Dry-run
+    /// records and doesn't act. The instance is then skipped, so automation doesn't fight it.
+    async fn drain(&mut self, instance: &str, reason: &str, by: &str) -> Result<Entry, DrainError> {
+        let now = SystemTime::now();
+        let snapshot = self.snapshot(now);
+        let id = policy::InstanceId::new(instance.to_owned());
+        let view = snapshot
+            .instance(&id)
+            .cloned()
+            .ok_or_else(|| DrainError::NotFound(instance.to_owned()))?;
+        let what = self
+            .engine
+            .what_if(
+                &snapshot,
+                &self.book,
+                &id,
+                policy::Step::Deregister,
+                ts(now),
+            )
+            .map_err(|e| DrainError::Failed(e.to_string()))?;
+        let dry_run = self.engine.config().for_asg(&view.asg).dry_run;
+        let held: Vec<String> = what
+            .held_by
+            .iter()
+            .filter(|g| {
+                !matches!(
+                    g,
+                    policy::Guardrail::Paused { .. } | policy::Guardrail::DryRun { .. }
+                )
+            })
+            .map(policy::Guardrail::reason)
+            .collect();
+        if !held.is_empty() {
+            return Err(DrainError::Held(held.join("; ")));
+        }
+        let target_groups: Vec<String> = view
+            .targets
+            .iter()
+            .filter(|t| t.state.is_registered() && t.state != policy::TargetState::Draining)
+            .map(|t| t.target_group.to_string())
+            .collect();
+        let mut entry = Entry {
+            key: format!("{instance}/drain/{}", now_ms()),
+            instance_id: instance.to_owned(),
+            asg: view.asg.to_string(),
+            step: Step::Drain,
+            phase: if dry_run {
+                Phase::WouldAct
+            } else {
+                Phase::Intent
+            },
+            target_groups: target_groups.clone(),
+            reason: reason.to_owned(),
+            detail: String::new(),
+            fencing_token: self.settings.fencing_token,
+            at_ms: now_ms(),
+            requested_by: by.to_owned(),
+        };
+        self.journal
+            .append(&entry)
+            .map_err(|e| DrainError::Failed(e.to_string()))?;
+        if dry_run {
+            self.fleet.record_event(
+                instance,
+                "dry-run",
+                format!("would drain (requested by {by}): {reason}"),
+            );
+            return Ok(entry);
+        }
+        let mut failure = None;
+        for tg in &target_groups {
+            if let Err(e) = self.hands.lb.deregister(tg, instance).await {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        entry.phase = if failure.is_some() {
+            Phase::Failed
+        } else {
+            Phase::Succeeded
+        };
+        entry.detail = failure.clone().unwrap_or_else(|| {
+            format!("deregistered from {} target group(s)", target_groups.len())
+        });
+        entry.at_ms = now_ms();
+        if let Err(error) = self.journal.append(&entry) {
+            tracing::error!(%error, "cannot journal a drain outcome");
+        }
+        if let Some(error) = failure {
+            self.fleet
+                .record_event(instance, "action-failed", format!("drain: {error}"));
+            return Err(DrainError::Failed(error));
+        }
+        if let Err(error) =
+            self.fleet
+                .set_skipped(instance, true, &format!("drained: {reason}"), by)
+        {
+            tracing::warn!(%error, "cannot persist the skip after a drain");
+        }
+        self.fleet.record_event(
+            instance,
+            "action-succeeded",
+            format!("drained by {by}: {reason}"),
+        );
+        Ok(entry)
     }
 
     /// Looks at the real result of SSM commands in flight (not "sent" = "repaired").

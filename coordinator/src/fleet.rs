@@ -153,6 +153,14 @@ struct State {
     next_cursor: u64,
     next_session: u64,
     pause: PauseState,
+    skips: BTreeMap<String, Skip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    pub reason: String,
+    pub by: String,
+    pub since: SystemTime,
 }
 
 /// The fleet registry. Cheap to clone; all clones share one state.
@@ -161,6 +169,7 @@ pub struct Fleet {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<FleetEvent>,
     pause_file: Option<PathBuf>,
+    skips_file: Option<PathBuf>,
     pub coordinator_id: Arc<str>,
     pub dry_run: bool,
 }
@@ -172,6 +181,11 @@ impl Fleet {
         dry_run: bool,
         state_dir: Option<PathBuf>,
     ) -> std::io::Result<Self> {
+        let skips_file = state_dir.as_ref().map(|d| d.join("skips.json"));
+        let skips: BTreeMap<String, Skip> = match &skips_file {
+            Some(path) => read_json(path)?.unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
         let pause_file = state_dir.map(|d| d.join("pause.json"));
         let pause = match &pause_file {
             Some(path) => match std::fs::read(path) {
@@ -194,9 +208,11 @@ impl Fleet {
                 next_cursor: 1,
                 next_session: 1,
                 pause,
+                skips,
             })),
             events,
             pause_file,
+            skips_file,
             coordinator_id: coordinator_id.into(),
             dry_run,
         })
@@ -493,11 +509,17 @@ impl Fleet {
                         .is_none_or(|az| &r.availability_zone == az)
             })
             .cloned()
+            .map(|r| with_skip(r, &state.skips))
             .collect()
     }
 
     pub fn instance(&self, id: &str) -> Option<InstanceRecord> {
-        self.lock().instances.get(id).cloned()
+        let state = self.lock();
+        state
+            .instances
+            .get(id)
+            .cloned()
+            .map(|r| with_skip(r, &state.skips))
     }
 
     pub fn pause_state(&self) -> PauseState {
@@ -535,6 +557,57 @@ impl Fleet {
         Ok(new)
     }
 
+    /// Excludes `instance` from automatic remediation (or returns it), persisted before answering.
+    pub fn set_skipped(
+        &self,
+        instance: &str,
+        skip: bool,
+        reason: &str,
+        by: &str,
+    ) -> std::io::Result<Option<InstanceRecord>> {
+        let mut state = self.lock();
+        if !state.instances.contains_key(instance) {
+            return Ok(None);
+        }
+        let mut skips = state.skips.clone();
+        if skip {
+            skips.insert(
+                instance.to_owned(),
+                Skip {
+                    reason: reason.to_owned(),
+                    by: by.to_owned(),
+                    since: SystemTime::now(),
+                },
+            );
+        } else {
+            skips.remove(instance);
+        }
+        if let Some(path) = &self.skips_file {
+            write_atomically(
+                path,
+                &serde_json::to_vec_pretty(&skips).map_err(std::io::Error::other)?,
+            )?;
+        }
+        state.skips = skips;
+        let message = if skip {
+            format!("excluded from automatic remediation by {by}: {reason}")
+        } else {
+            format!("returned to automatic remediation by {by}: {reason}")
+        };
+        push_event(
+            &mut state,
+            &self.events,
+            instance,
+            if skip { "skipped" } else { "unskipped" },
+            message,
+        );
+        Ok(state
+            .instances
+            .get(instance)
+            .cloned()
+            .map(|r| with_skip(r, &state.skips)))
+    }
+
     /// Events after `cursor` still in the log, and a receiver for the ones to come. Subscribing
     /// under the lock means nothing falls between the two.
     pub fn subscribe(&self, after: u64) -> (Vec<FleetEvent>, broadcast::Receiver<FleetEvent>) {
@@ -547,6 +620,24 @@ impl Fleet {
             .cloned()
             .collect();
         (backlog, receiver)
+    }
+}
+
+fn with_skip(mut record: InstanceRecord, skips: &BTreeMap<String, Skip>) -> InstanceRecord {
+    record.skipped = skips.contains_key(&record.instance_id);
+    record
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

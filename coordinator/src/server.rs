@@ -139,11 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         redirect,
         shutdown: shutdown.clone(),
     };
-    let api = FleetApi {
-        fleet: fleet.clone(),
-        journal: journal.clone(),
-        shutdown: shutdown.clone(),
-    };
+    let mut control = None;
     if let Some(aws) = &config.aws {
         let clients = Arc::new(Clients::new(aws.settings.clone()).await);
         let hands = Hands {
@@ -151,7 +147,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             lb: clients.clone(),
             commands: clients,
         };
-        let controller = Controller::new(
+        let (controller, handle) = Controller::new(
             autoheal_policy::Engine::new(config.policy.clone()),
             fleet.clone(),
             hands,
@@ -164,6 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 fencing_token: 0,
             },
         );
+        control = Some(handle);
         tokio::spawn(
             controller
                 .run(shutdown.clone())
@@ -173,6 +170,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         tracing::info!("no [aws] section: watching agents only, no inventory, no actions");
     }
+    let api = FleetApi {
+        fleet: fleet.clone(),
+        journal: journal.clone(),
+        control,
+        shutdown: shutdown.clone(),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

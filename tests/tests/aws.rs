@@ -279,3 +279,106 @@ async fn endpoint_down_is_reported_and_the_coordinator_keeps_serving() {
     assert!(text.contains("inventory-failed"), "{text}");
     assert!(text.contains("DescribeAutoScalingGroups"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_drain_respects_min_healthy_and_whatif_names_the_guardrail() {
+    let w = world(&[], "").await;
+    settled(&w).await;
+    let (first, second) = (
+        w.fleet.instances[0].0.clone(),
+        w.fleet.instances[1].0.clone(),
+    );
+    // Wait until the control loop has decided at least once (what-if needs its view).
+    eventually(WAIT, "a what-if answer from the engine", || async {
+        let out = w.coordinator.ctl(
+            &w.pki.viewer(),
+            &["--output", "json", "whatif", &first, "deregister"],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (json["allowed"] == true).then_some(())
+    })
+    .await;
+
+    let out = w.coordinator.ctl(&w.pki.viewer(), &["drain", &first]);
+    assert!(!out.status.success(), "viewers can't drain");
+
+    let out = w.coordinator.ctl(
+        &w.pki.operator(),
+        &["drain", &first, "--reason", "kernel update"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let q = w.moto.query(&w.fleet);
+    assert!(
+        target_state(&q, &first).is_none_or(|s| s == "draining" || s == "unused"),
+        "{q}"
+    );
+
+    // A second drain would leave 1 of 3 healthy (< 66%): held, and what-if says why.
+    let out = w.coordinator.ctl(
+        &w.pki.operator(),
+        &["--output", "json", "whatif", &second, "deregister"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["allowed"], false, "{json}");
+    let names: Vec<_> = json["held_by"]
+        .as_array()
+        .expect("held_by")
+        .iter()
+        .map(|g| g["name"].clone())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("min_healthy"))),
+        "{json}"
+    );
+    let out = w.coordinator.ctl(&w.pki.operator(), &["drain", &second]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("min"), "{stderr}");
+    let q = w.moto.query(&w.fleet);
+    assert_eq!(target_state(&q, &second).as_deref(), Some("healthy"), "{q}");
+
+    // The drained instance is skipped, so automation leaves it alone; the journal names who.
+    let out = w
+        .coordinator
+        .ctl(&w.pki.viewer(), &["--output", "json", "instance", &first]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["skipped"], true, "{json}");
+    let drained = json["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .any(|a| {
+            a["status"] == "succeeded"
+                && a["requested_by"] == "spiffe://autoheal.test/operator/admin"
+        });
+    assert!(drained, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_dependency_outage_is_held_by_the_brake() {
+    let w = world(&[], "").await;
+    settled(&w).await;
+    for agent in &w.agents {
+        agent.dependency_failing("postgres-main");
+    }
+    // One of them also escalates (its app can't work without the database).
+    w.agents[0].escalate("web", "HTTP check failing: database unreachable");
+    let coordinator = &w.coordinator;
+    let pki = &w.pki;
+    eventually(WAIT, "the dependency brake to be reported", || async {
+        let out = coordinator.ctl(&pki.viewer(), &["--output", "json", "status"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let text = json["groups"].to_string();
+        text.contains("dependency").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.proxy.count("DeregisterTargets"),
+        0,
+        "replacing instances can't fix a shared database"
+    );
+    assert_eq!(w.proxy.count("SetInstanceHealth"), 0);
+}

@@ -101,6 +101,18 @@ enum Command {
         #[arg(long, default_value = "operator drain")]
         reason: String,
     },
+    /// Excludes an instance from automatic remediation (persisted), e.g. while someone debugs it.
+    Skip {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Returns a skipped instance to automatic remediation.
+    Unskip {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Would ACTION on instance ID be allowed now, and if not, which guardrail holds it?
     Whatif { id: String, action: WhatIfAction },
     /// Development PKI.
@@ -345,7 +357,53 @@ async fn call(
                 })
                 .await?
                 .into_inner();
-            println!("{} {:?} {}", a.id, a.status(), a.detail);
+            if json {
+                print_json(&ctl::action_json(&a));
+            } else {
+                println!(
+                    "{} {}: {}",
+                    a.instance_id,
+                    ctl::action_status(a.status),
+                    if a.detail.is_empty() {
+                        &a.reason
+                    } else {
+                        &a.detail
+                    }
+                );
+            }
+        }
+        Command::Skip { id, reason } => {
+            let i = client
+                .set_skip(v1::SetSkipRequest {
+                    instance_id: id,
+                    skip: true,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&ctl::summary_json(&i));
+            } else {
+                println!(
+                    "{} is skipped: no automatic remediation until `autohealctl unskip`",
+                    i.instance_id
+                );
+            }
+        }
+        Command::Unskip { id, reason } => {
+            let i = client
+                .set_skip(v1::SetSkipRequest {
+                    instance_id: id,
+                    skip: false,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&ctl::summary_json(&i));
+            } else {
+                println!("{} is back under automatic remediation", i.instance_id);
+            }
         }
         Command::Whatif { id, action } => {
             let action = match action {

@@ -24,7 +24,7 @@ const FLEET_READS: &[&str] = &[
     "ListActions",
     "WhatIf",
 ];
-const FLEET_WRITES: &[&str] = &["Pause", "Resume", "Drain"];
+const FLEET_WRITES: &[&str] = &["Pause", "Resume", "Drain", "SetSkip"];
 
 /// May `role` call the gRPC method at `path` (`/package.Service/Method`)?
 pub fn authorize(role: &Role, path: &str) -> Result<(), String> {
@@ -150,6 +150,8 @@ mod tests {
         assert!(authorize(&viewer, pause).is_err());
         assert!(authorize(&viewer, "/autoheal.v1.FleetService/Drain").is_err());
         assert!(authorize(&viewer, "/autoheal.v1.FleetService/Resume").is_err());
+        assert!(authorize(&viewer, "/autoheal.v1.FleetService/SetSkip").is_err());
+        assert!(authorize(&operator, "/autoheal.v1.FleetService/SetSkip").is_ok());
         for role in [&instance, &operator, &viewer] {
             assert!(authorize(role, health).is_ok());
             assert!(

@@ -19,6 +19,8 @@ use crate::{
 pub struct FleetApi {
     pub fleet: Fleet,
     pub journal: std::sync::Arc<crate::journal::Journal>,
+    /// `None` when the coordinator runs without AWS (no inventory, no actions).
+    pub control: Option<crate::control::Handle>,
     pub shutdown: CancellationToken,
 }
 
@@ -161,18 +163,42 @@ impl FleetService for FleetApi {
         _request: Request<v1::GetFleetStatusRequest>,
     ) -> Result<Response<v1::FleetStatus>, Status> {
         let instances = self.fleet.instances(&InstanceFilter::default());
+        let view = self.control.as_ref().and_then(|c| c.view.borrow().clone());
         let mut groups: BTreeMap<String, v1::GroupStatus> = BTreeMap::new();
         for r in &instances {
             let name = r.asg.clone().unwrap_or_default();
-            let g = groups
-                .entry(name.clone())
-                .or_insert_with(|| v1::GroupStatus {
+            let g = groups.entry(name.clone()).or_insert_with(|| {
+                let guardrails = match (&view, name.is_empty()) {
+                    (Some(v), false) => v
+                        .engine
+                        .fleet_guardrails(
+                            &v.fleet,
+                            &v.book,
+                            &autoheal_policy::AsgName::new(name.clone()),
+                            v.now(),
+                        )
+                        .iter()
+                        .map(|g| v1::Guardrail {
+                            name: g.name().to_owned(),
+                            reason: g.reason(),
+                        })
+                        .collect(),
+                    _ => fleet_guardrails(&self.fleet),
+                };
+                v1::GroupStatus {
                     name,
-                    guardrails: fleet_guardrails(&self.fleet),
+                    guardrails,
                     ..Default::default()
-                });
+                }
+            });
             g.instances += 1;
+            let remediating = view.as_ref().is_some_and(|v| {
+                v.book
+                    .in_flight_for(&autoheal_policy::InstanceId::new(r.instance_id.clone()))
+                    .is_some()
+            });
             match instance_state(r) {
+                _ if remediating => g.remediating += 1,
                 v1::InstanceState::Healthy => g.healthy += 1,
                 v1::InstanceState::Silent | v1::InstanceState::Unknown => g.silent += 1,
                 v1::InstanceState::Remediating => g.remediating += 1,
@@ -375,19 +401,42 @@ impl FleetService for FleetApi {
         &self,
         request: Request<v1::DrainRequest>,
     ) -> Result<Response<v1::Action>, Status> {
+        let by = caller(&request);
         let req = request.into_inner();
         if req.instance_id.is_empty() {
             return Err(Status::invalid_argument("instance_id: required"));
         }
-        if self.fleet.instance(&req.instance_id).is_none() {
-            return Err(Status::not_found(format!(
-                "instance {} is not known to this coordinator",
-                req.instance_id
-            )));
+        let Some(control) = &self.control else {
+            return Err(Status::failed_precondition(
+                "drain needs AWS: this coordinator runs without an [aws] section",
+            ));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        control
+            .commands
+            .send(crate::control::Command::Drain {
+                instance: req.instance_id.clone(),
+                reason: if req.reason.is_empty() {
+                    "operator drain".into()
+                } else {
+                    req.reason
+                },
+                by,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the control loop is not running"))?;
+        match answer.await {
+            Ok(Ok(entry)) => Ok(Response::new(action_to_wire(entry))),
+            Ok(Err(crate::control::DrainError::NotFound(id))) => Err(Status::not_found(format!(
+                "instance {id} is not in any managed auto scaling group"
+            ))),
+            Ok(Err(crate::control::DrainError::Held(why))) => Err(Status::failed_precondition(
+                format!("held by guardrails: {why}"),
+            )),
+            Ok(Err(crate::control::DrainError::Failed(why))) => Err(Status::unavailable(why)),
+            Err(_) => Err(Status::unavailable("the control loop stopped")),
         }
-        Err(Status::failed_precondition(
-            "drain needs the load balancer adapter, which this coordinator runs without",
-        ))
     }
 
     async fn what_if(
@@ -407,19 +456,46 @@ impl FleetService for FleetApi {
                 req.instance_id
             )));
         }
-        let held_by = fleet_guardrails(&self.fleet);
+        let view = self.control.as_ref().and_then(|c| c.view.borrow().clone());
+        let Some(view) = view else {
+            let held_by = fleet_guardrails(&self.fleet);
+            let mut held_by = held_by;
+            held_by.push(v1::Guardrail {
+                name: "no-aws".into(),
+                reason: "this coordinator runs without AWS (or has not completed an inventory yet)"
+                    .into(),
+            });
+            return Ok(Response::new(v1::WhatIfResponse {
+                allowed: false,
+                explanation: format!("{} on {} is held", action.as_str_name(), req.instance_id),
+                held_by,
+            }));
+        };
+        let step = match action {
+            v1::ActionKind::Deregister => autoheal_policy::Step::Deregister,
+            v1::ActionKind::Replace => autoheal_policy::Step::Replace,
+            _ => autoheal_policy::Step::Ssm,
+        };
+        let id = autoheal_policy::InstanceId::new(req.instance_id.clone());
+        let answer = view
+            .engine
+            .what_if(&view.fleet, &view.book, &id, step, view.now())
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let held_by: Vec<v1::Guardrail> = answer
+            .held_by
+            .iter()
+            .map(|g| v1::Guardrail {
+                name: g.name().to_owned(),
+                reason: g.reason(),
+            })
+            .collect();
         Ok(Response::new(v1::WhatIfResponse {
-            allowed: held_by.is_empty(),
-            explanation: if held_by.is_empty() {
-                format!(
-                    "{} on {} would be allowed now",
-                    action.as_str_name(),
-                    req.instance_id
-                )
+            allowed: answer.allowed,
+            explanation: if answer.allowed {
+                format!("{step} on {} would be allowed now", req.instance_id)
             } else {
                 format!(
-                    "{} on {} is held by: {}",
-                    action.as_str_name(),
+                    "{step} on {} is held by: {}",
                     req.instance_id,
                     held_by
                         .iter()
@@ -430,5 +506,32 @@ impl FleetService for FleetApi {
             },
             held_by,
         }))
+    }
+
+    async fn set_skip(
+        &self,
+        request: Request<v1::SetSkipRequest>,
+    ) -> Result<Response<v1::InstanceSummary>, Status> {
+        let by = caller(&request);
+        let req = request.into_inner();
+        if req.instance_id.is_empty() {
+            return Err(Status::invalid_argument("instance_id: required"));
+        }
+        if req.skip && req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: required when skipping, so the people on call know why",
+            ));
+        }
+        let record = self
+            .fleet
+            .set_skipped(&req.instance_id, req.skip, &req.reason, &by)
+            .map_err(|e| Status::unavailable(format!("cannot persist the skip: {e}")))?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "instance {} is not known to this coordinator",
+                    req.instance_id
+                ))
+            })?;
+        Ok(Response::new(summary(&record)))
     }
 }

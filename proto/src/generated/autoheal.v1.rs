@@ -864,6 +864,15 @@ pub struct WhatIfResponse {
     #[prost(string, tag = "3")]
     pub explanation: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetSkipRequest {
+    #[prost(string, tag = "1")]
+    pub instance_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub skip: bool,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum InstanceState {
@@ -1257,6 +1266,31 @@ pub mod fleet_service_client {
                 .insert(GrpcMethod::new("autoheal.v1.FleetService", "WhatIf"));
             self.inner.unary(req, path, codec).await
         }
+        /// Excludes one instance from (or returns it to) automatic remediation. Persisted.
+        pub async fn set_skip(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetSkipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InstanceSummary>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/autoheal.v1.FleetService/SetSkip",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("autoheal.v1.FleetService", "SetSkip"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1326,6 +1360,11 @@ pub mod fleet_service_server {
             &self,
             request: tonic::Request<super::WhatIfRequest>,
         ) -> std::result::Result<tonic::Response<super::WhatIfResponse>, tonic::Status>;
+        /// Excludes one instance from (or returns it to) automatic remediation. Persisted.
+        async fn set_skip(
+            &self,
+            request: tonic::Request<super::SetSkipRequest>,
+        ) -> std::result::Result<tonic::Response<super::InstanceSummary>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct FleetServiceServer<T> {
@@ -1792,6 +1831,51 @@ pub mod fleet_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WhatIfSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/autoheal.v1.FleetService/SetSkip" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetSkipSvc<T: FleetService>(pub Arc<T>);
+                    impl<
+                        T: FleetService,
+                    > tonic::server::UnaryService<super::SetSkipRequest>
+                    for SetSkipSvc<T> {
+                        type Response = super::InstanceSummary;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetSkipRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as FleetService>::set_skip(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetSkipSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
