@@ -27,6 +27,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build binaries (the end-to-end tests run them as real processes)"
 cargo build --workspace --bins
 
+step "packaging gates (systemd, SSM package, IAM, CloudFormation, image)"
+packaging/check.sh
+
+step "shellcheck (scripts)"
+shellcheck scripts/*.sh .ci/run
+
 step "test"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
