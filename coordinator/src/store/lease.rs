@@ -84,12 +84,19 @@ impl fmt::Debug for Command {
 }
 
 impl LeaseHandle {
-    /// The state now.
+    /// The state now. A follower once the lease task has ended (shut down or panicked), whatever
+    /// it last published.
     pub fn current(&self) -> LeaderState {
+        if self.state.has_changed().is_err() {
+            return LeaderState::Follower {
+                leader_endpoint: None,
+            };
+        }
         self.state.borrow().clone()
     }
 
-    /// A receiver to watch changes (health reporting, Hello redirects, the controller).
+    /// A receiver to watch changes (health reporting, Hello redirects, the controller). Its
+    /// `changed()` fails once the lease task has ended: treat that as following.
     pub fn watch(&self) -> watch::Receiver<LeaderState> {
         self.state.clone()
     }
