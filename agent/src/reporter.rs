@@ -482,9 +482,13 @@ impl Reporter {
 
 fn status_text(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
+    // Transport errors repeat their source in the message; add it only when it says more.
     if let Some(source) = std::error::Error::source(status) {
-        text.push_str(": ");
-        text.push_str(&DisplayChain(source).to_string());
+        let source = DisplayChain(source).to_string();
+        if !status.message().contains(&source) {
+            text.push_str(": ");
+            text.push_str(&source);
+        }
     }
     text
 }

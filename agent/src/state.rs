@@ -107,7 +107,7 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn new(reporter: Option<mpsc::UnboundedSender<Emitted>>) -> Self {
-        let (tap, _) = broadcast::channel(1024);
+        let (tap, _) = broadcast::channel(256);
         Self { reporter, tap }
     }
 

@@ -110,10 +110,7 @@ pub fn free_port() -> u16 {
 
 pub fn start_agent(dir: &Path, toml: &str) -> (Agent, CancellationToken) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_max_level(tracing::Level::INFO)
         .with_test_writer()
         .try_init();
     let path = dir.join("agent.toml");
