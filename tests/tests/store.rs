@@ -20,8 +20,9 @@ use autoheal_coordinator::{
     fleet::FleetEvent,
     journal::{Entry, Phase, Step},
     store::{
-        DynamoStore, JournalQuery, LeaderState, Lease, LeaseHandle, LeaseSettings, PauseState,
-        Skip, Store, StoreError, aws_sdk_dynamodb as ddb, create_table, system_clock,
+        Claim, DynamoStore, JournalQuery, LeaderState, Lease, LeaseClaim, LeaseHandle,
+        LeaseSettings, PauseState, Skip, Store, StoreError, aws_sdk_dynamodb as ddb, create_table,
+        system_clock,
     },
 };
 use autoheal_tests::{eventually, moto::Moto};
@@ -36,6 +37,10 @@ const SLACK: Duration = Duration::from_secs(2);
 const WAIT: Duration = Duration::from_secs(30);
 
 fn client(endpoint: &str) -> ddb::Client {
+    client_with_timeout(endpoint, Duration::from_secs(2))
+}
+
+fn client_with_timeout(endpoint: &str, timeout: Duration) -> ddb::Client {
     let config = ddb::Config::builder()
         .behavior_version(ddb::config::BehaviorVersion::latest())
         .region(ddb::config::Region::new("us-east-1"))
@@ -48,7 +53,7 @@ fn client(endpoint: &str) -> ddb::Client {
         .timeout_config(
             ddb::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(timeout)
                 .build(),
         )
         .build();
@@ -114,7 +119,10 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(name: &'static str, endpoint: &str) -> Self {
-        let store = store(endpoint);
+        Self::with_store(name, store(endpoint))
+    }
+
+    fn with_store(name: &'static str, store: Arc<DynamoStore>) -> Self {
         let (lease, handle) = Lease::new(
             store.clone(),
             LeaseSettings {
@@ -270,49 +278,61 @@ async fn a_graceful_shutdown_hands_the_lease_over_without_waiting_for_the_ttl() 
     follower.shutdown.cancel();
 }
 
-/// A loopback switch between a coordinator and moto: while off, connections are cut and new ones
-/// closed at once, as when a process is stopped or the network is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Connections cut, new ones closed at once: a partition or a dead peer.
+    Down,
+    /// Connections held open, nothing forwarded: a stopped process, a black-holed network.
+    Hung,
+}
+
+/// A loopback switch between a coordinator and moto.
 struct Switch {
     addr: SocketAddr,
-    on: watch::Sender<bool>,
+    link: watch::Sender<Link>,
 }
 
 impl Switch {
     async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (on, _) = watch::channel(true);
-        let state = on.clone();
+        let (link, _) = watch::channel(Link::Up);
+        let state = link.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let mut on = state.subscribe();
-                if !*on.borrow_and_update() {
-                    drop(inbound);
-                    continue;
-                }
+                let mut link = state.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = on.wait_for(|on| !on) => {}
+                    let now = *link.borrow_and_update();
+                    if now == Link::Up {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = link.wait_for(|l| *l != Link::Up) => {}
+                        }
                     }
+                    if *link.borrow_and_update() == Link::Hung {
+                        let _ = link.wait_for(|l| *l != Link::Hung).await;
+                    }
+                    drop(inbound);
                 });
             }
         });
-        Self { addr, on }
+        Self { addr, link }
     }
 
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn set(&self, on: bool) {
-        self.on.send_replace(on);
+    fn set(&self, link: Link) {
+        self.link.send_replace(link);
     }
 }
 
@@ -326,7 +346,7 @@ async fn a_leader_cut_off_past_its_lease_is_fenced_when_it_comes_back() {
     let (stop, monitor) = watch_for_two_leaders(a.handle.clone(), b.handle.clone());
     one_leader(&a, &b).await;
 
-    switch.set(false);
+    switch.set(Link::Down);
     let cut = Instant::now();
     let new = eventually(WAIT, "b takes over", || async { b.token() }).await;
     assert!(new > old, "token {new} after {old}");
@@ -338,7 +358,7 @@ async fn a_leader_cut_off_past_its_lease_is_fenced_when_it_comes_back() {
     assert_eq!(a.token(), None, "a stepped down on its own clock");
 
     // "SIGCONT": a reaches the table again and tries the write it was about to make.
-    switch.set(true);
+    switch.set(Link::Up);
     let error = a
         .store
         .append_journal(&entry("late", "i-1", old, Phase::Intent))
@@ -383,7 +403,7 @@ async fn an_unreachable_table_means_no_leader_no_writes_and_recovery_when_it_ret
     let a = Coordinator::start("a", &switch.endpoint());
     let old = eventually(WAIT, "a leads", || async { a.token() }).await;
 
-    switch.set(false);
+    switch.set(Link::Down);
     eventually(WAIT, "a steps down", || async {
         a.token().is_none().then_some(())
     })
@@ -407,7 +427,7 @@ async fn an_unreachable_table_means_no_leader_no_writes_and_recovery_when_it_ret
     tokio::time::sleep(RENEW * 4).await;
     assert_eq!(a.token(), None);
 
-    switch.set(true);
+    switch.set(Link::Up);
     let new = eventually(WAIT, "a leads again", || async { a.token() }).await;
     assert!(new > old, "a new term after the outage: {new} after {old}");
     a.store
@@ -570,4 +590,89 @@ async fn every_record_kind_round_trips_through_the_table() {
         .expect_err("a token that never held the lease");
     assert!(error.is_fenced(), "{error}");
     a.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_hang_steps_down_on_its_own_clock_before_a_takeover() {
+    let moto = moto_with_table().await;
+    let switch = Switch::start(moto.addr).await;
+    // Calls that would wait far longer than the lease: only the lease's own clock ends them.
+    let patient = AwsSettings {
+        call_timeout: Duration::from_secs(60),
+        ..settings()
+    };
+    let a = Coordinator::with_store(
+        "a",
+        Arc::new(DynamoStore::new(
+            client_with_timeout(&switch.endpoint(), Duration::from_secs(60)),
+            TABLE,
+            patient,
+            system_clock(),
+        )),
+    );
+    let old = eventually(WAIT, "a leads", || async { a.token() }).await;
+    let b = Coordinator::start("b", &moto.endpoint());
+    let (stop, monitor) = watch_for_two_leaders(a.handle.clone(), b.handle.clone());
+    one_leader(&a, &b).await;
+
+    switch.set(Link::Hung);
+    let hung = Instant::now();
+    eventually(WAIT, "a steps down", || async {
+        a.token().is_none().then_some(())
+    })
+    .await;
+    let stepped_down = hung.elapsed();
+    assert!(
+        stepped_down <= TTL + SLACK,
+        "a believed it led {stepped_down:?} into a hung renew"
+    );
+    let new = eventually(WAIT, "b takes over", || async { b.token() }).await;
+    assert!(new > old);
+    stop.store(true, Ordering::Relaxed);
+    monitor
+        .await
+        .expect("a stepped down before b took over: never two leaders");
+    switch.set(Link::Up);
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_expired_lease_fences_its_own_token_before_any_takeover() {
+    let moto = moto_with_table().await;
+    let store = store(&moto.endpoint());
+    let claim = LeaseClaim {
+        owner: "a".into(),
+        endpoint: "https://a:7443".into(),
+        ttl: Duration::from_secs(1),
+    };
+    let Claim::Won(lease) = store
+        .claim_lease(&claim, SystemTime::now())
+        .await
+        .expect("claim")
+    else {
+        panic!("a free lease is won");
+    };
+    store
+        .append_journal(&entry("k1", "i-1", lease.fencing_token, Phase::Intent))
+        .await
+        .expect("writes while the lease lasts");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nobody else claimed it: the token is still the lease's, but the lease is over.
+    let error = store
+        .append_journal(&entry("k2", "i-1", lease.fencing_token, Phase::Intent))
+        .await
+        .expect_err("an expired lease does not write");
+    assert!(
+        matches!(error, StoreError::Fenced { token, current: Some(c) } if token == c),
+        "{error}"
+    );
+    assert_eq!(
+        store
+            .journal(JournalQuery::All)
+            .await
+            .expect("journal")
+            .len(),
+        1
+    );
 }
