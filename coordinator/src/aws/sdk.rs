@@ -20,6 +20,8 @@ pub struct Clients {
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
 }
 
 impl Clients {
@@ -44,6 +46,8 @@ impl Clients {
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
+            sns: aws_sdk_sns::Client::new(&config),
+            eventbridge: aws_sdk_eventbridge::Client::new(&config),
             settings,
         }
     }
