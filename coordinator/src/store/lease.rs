@@ -313,3 +313,95 @@ impl Lease {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EmbeddedStore, system_clock};
+
+    fn settings(owner: &str) -> LeaseSettings {
+        LeaseSettings {
+            owner: owner.into(),
+            endpoint: format!("https://{owner}:7443"),
+            ttl: Duration::from_secs(3),
+            renew_interval: Duration::from_millis(200),
+        }
+    }
+
+    /// Waits until the lease leads with a token above `after`.
+    async fn leads(handle: &LeaseHandle, after: u64) -> u64 {
+        let mut watch = handle.watch();
+        let state = tokio::time::timeout(
+            Duration::from_secs(30),
+            watch.wait_for(|s| s.token().is_some_and(|t| t > after)),
+        )
+        .await
+        .expect("leads in time")
+        .expect("lease task running")
+        .clone();
+        state.token().expect("leader")
+    }
+
+    #[test]
+    fn renewing_slower_than_a_third_of_the_ttl_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        let slow = LeaseSettings {
+            renew_interval: Duration::from_secs(1),
+            ..settings("a")
+        };
+        let error = Lease::new(store.clone(), slow, system_clock()).expect_err("too slow");
+        assert!(matches!(error, LeaseSettingsError::RenewTooSlow { .. }));
+        let nameless = LeaseSettings {
+            owner: String::new(),
+            ..settings("a")
+        };
+        assert_eq!(
+            Lease::new(store, nameless, system_clock()).expect_err("no owner"),
+            LeaseSettingsError::NoOwner
+        );
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_leads_at_once_and_each_term_gets_a_higher_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        let (lease, handle) =
+            Lease::new(store.clone(), settings("a"), system_clock()).expect("settings");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(lease.run(shutdown.clone()));
+        let first = leads(&handle, 0).await;
+
+        // A fenced write reported by the coordinator ends the term now; the next claim starts a
+        // new one.
+        handle.report_fenced(first).await;
+        let second = leads(&handle, first).await;
+        assert!(second > first, "{second} after {first}");
+
+        shutdown.cancel();
+        task.await.expect("lease task");
+        assert_eq!(
+            handle.current(),
+            LeaderState::Follower {
+                leader_endpoint: None
+            },
+            "a stopped lease task is a follower"
+        );
+        let released = store.lease().await.expect("lease").expect("stored");
+        assert!(
+            released.expires_at <= std::time::SystemTime::now(),
+            "released"
+        );
+
+        // A restart of the same replica takes over at once, with a new token.
+        drop(store);
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("reopen"));
+        let (lease, handle) = Lease::new(store, settings("a"), system_clock()).expect("settings");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(lease.run(shutdown.clone()));
+        let third = leads(&handle, second).await;
+        assert!(third > second, "{third} after {second}");
+        shutdown.cancel();
+        task.await.expect("lease task");
+    }
+}

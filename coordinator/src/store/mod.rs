@@ -24,7 +24,10 @@
 //! Wiring, in short:
 //!
 //! ```no_run
-//! # async fn wire(store: std::sync::Arc<dyn autoheal_coordinator::store::Store>) {
+//! # async fn wire(
+//! #     store: std::sync::Arc<dyn autoheal_coordinator::store::Store>,
+//! #     entry: autoheal_coordinator::journal::Entry,
+//! # ) {
 //! use std::time::Duration;
 //! use autoheal_coordinator::store::{Lease, LeaseSettings, LeaderState, system_clock};
 //! let settings = LeaseSettings {
@@ -39,7 +42,6 @@
 //! // Before acting: read the token, stamp it on the journal intent, append it, and call AWS only
 //! // if the append succeeded. On `StoreError::Fenced`, tell the lease, which steps down at once.
 //! if let LeaderState::Leader { token } = handle.current() {
-//!     # let entry: autoheal_coordinator::journal::Entry = todo!();
 //!     let intent = autoheal_coordinator::journal::Entry { fencing_token: token, ..entry };
 //!     match store.append_journal(&intent).await {
 //!         Ok(()) => { /* the AWS call */ }
