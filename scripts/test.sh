@@ -17,7 +17,7 @@ dups=$(cargo tree --workspace -d -e normal --depth 0 2>/dev/null | grep -E '^(ru
 if [ -n "$dups" ]; then
   echo "duplicate TLS/HTTP crates:"; echo "$dups"; exit 1
 fi
-if cargo tree --workspace -e normal -i ring >/dev/null 2>&1; then
+if cargo tree --workspace -e normal -i ring 2>/dev/null | grep -q '^ring v'; then
   echo "ring is in the tree: exactly one crypto provider (aws-lc-rs) is allowed"; exit 1
 fi
 

@@ -29,6 +29,7 @@ struct RawConfig {
     aws: Option<RawAws>,
     ladder: Option<RawLadder>,
     guardrails: Option<RawGuardrails>,
+    notify: Option<crate::notify::RawNotify>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -113,6 +114,7 @@ pub struct Config {
     /// `None`: no `[aws]` section, the coordinator only watches (no inventory, no actions).
     pub aws: Option<AwsConfig>,
     pub policy: autoheal_policy::Config,
+    pub notify: crate::notify::NotifyConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -213,7 +215,16 @@ impl Config {
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or("state"));
         let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
 
+        let has_aws = raw.aws.is_some();
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
+        // Always built: the webhook environment variable alone can turn Slack on.
+        let notify = crate::notify::NotifyConfig::from_raw(
+            raw.notify.unwrap_or_default(),
+            base,
+            |k| std::env::var(k).ok(),
+            has_aws,
+            &mut errors,
+        );
         let policy = policy_config(
             raw.ladder.unwrap_or_default(),
             raw.guardrails.unwrap_or_default(),
@@ -235,6 +246,7 @@ impl Config {
             handshake_timeout,
             aws,
             policy,
+            notify,
         })
     }
 

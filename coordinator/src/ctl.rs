@@ -158,11 +158,13 @@ pub fn status_table(s: &v1::FleetStatus) -> String {
                     g.unhealthy.to_string(),
                     g.silent.to_string(),
                     g.remediating.to_string(),
-                    g.guardrails
-                        .iter()
-                        .map(|r| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    {
+                        // One brake can hold per ASG and per AZ: name it once.
+                        let mut names: Vec<&str> =
+                            g.guardrails.iter().map(|r| r.name.as_str()).collect();
+                        names.dedup();
+                        names.join(",")
+                    },
                 ]
             })
             .collect();

@@ -46,6 +46,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("cannot start notifications")]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -140,8 +142,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
     };
     let mut control = None;
-    if let Some(aws) = &config.aws {
-        let clients = Arc::new(Clients::new(aws.settings.clone()).await);
+    let clients = match &config.aws {
+        Some(aws) => Some(Arc::new(Clients::new(aws.settings.clone()).await)),
+        None => None,
+    };
+    if let (Some(aws), Some(clients)) = (&config.aws, clients.clone()) {
         let hands = Hands {
             groups: clients.clone(),
             lb: clients.clone(),
@@ -170,6 +175,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         tracing::info!("no [aws] section: watching agents only, no inventory, no actions");
     }
+    // Never blocks a decision: the dispatcher reads the fleet's event broadcast on its own.
+    crate::notify::spawn_notifications(
+        config.notify.clone(),
+        &fleet,
+        clients.as_deref(),
+        shutdown.clone(),
+    )?;
     let api = FleetApi {
         fleet: fleet.clone(),
         journal: journal.clone(),

@@ -678,10 +678,9 @@ impl Engine {
         let a = self.assess(inst, now);
         let g = self.config.for_asg(&inst.asg);
         if let Some(esc) = &a.escalation {
-            let reason = format!(
-                "agent escalated {}: {} (at {})",
-                esc.service, esc.reason, esc.at
-            );
+            // No timestamp here: `Timestamp` is relative to the caller's epoch and means nothing
+            // to a reader; the event and journal entry carry wall-clock time.
+            let reason = format!("agent escalated {}: {}", esc.service, esc.reason);
             let cause = Cause::Escalated {
                 service: esc.service.clone(),
             };

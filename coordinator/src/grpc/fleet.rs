@@ -64,7 +64,7 @@ pub fn action_to_wire(e: crate::journal::Entry) -> v1::Action {
         }
         .into(),
         reason: e.reason,
-        detail: if e.target_groups.is_empty() {
+        detail: if e.target_groups.is_empty() || !e.detail.is_empty() {
             e.detail
         } else {
             format!("{} [{}]", e.detail, e.target_groups.join(", "))
