@@ -4,9 +4,9 @@
 #
 #   packaging/build-ssm-package.sh [--out DIR] [--version V] [--allow-stub] [X86_64_BIN [ARM64_BIN]]
 #
-# X86_64_BIN defaults to target/release/autoheal-agent (`cargo build --release -p autoheal-agent`;
-# pass target/x86_64-unknown-linux-musl/release/autoheal-agent for the static build).
-# ARM64_BIN defaults to the first of target/aarch64-unknown-linux-{musl,gnu}/release/autoheal-agent
+# X86_64_BIN defaults to target/release-agent/autoheal-agent (`cargo build --profile release-agent -p autoheal-agent`;
+# pass target/x86_64-unknown-linux-musl/release-agent/autoheal-agent for the static build).
+# ARM64_BIN defaults to the first of target/aarch64-unknown-linux-{musl,gnu}/release-agent/autoheal-agent
 # that exists; without one the package is x86_64 only. Each binary must be an ELF file for its architecture;
 # --allow-stub accepts any file (the packaging tests use a shell script instead of a release build).
 # The zips are reproducible: fixed timestamps and file order.
@@ -28,11 +28,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ ${#bins[@]} -gt 2 ]; then echo "build-ssm-package: at most two binaries" >&2; exit 2; fi
-x86_bin=${bins[0]:-$repo/target/release/autoheal-agent}
+x86_bin=${bins[0]:-$repo/target/release-agent/autoheal-agent}
 arm_bin=${bins[1]:-}
 for t in musl gnu; do
-  if [ -z "$arm_bin" ] && [ -f "$repo/target/aarch64-unknown-linux-$t/release/autoheal-agent" ]; then
-    arm_bin=$repo/target/aarch64-unknown-linux-$t/release/autoheal-agent
+  if [ -z "$arm_bin" ] && [ -f "$repo/target/aarch64-unknown-linux-$t/release-agent/autoheal-agent" ]; then
+    arm_bin=$repo/target/aarch64-unknown-linux-$t/release-agent/autoheal-agent
   fi
 done
 if [ -z "$version" ]; then
@@ -50,7 +50,7 @@ elf_machine() {
   esac
 }
 check_bin() { # PATH ARCH
-  [ -f "$1" ] || { echo "build-ssm-package: $1 not found (cargo build --release -p autoheal-agent)" >&2; exit 1; }
+  [ -f "$1" ] || { echo "build-ssm-package: $1 not found (cargo build --profile release-agent -p autoheal-agent)" >&2; exit 1; }
   local m
   m=$(elf_machine "$1")
   if [ "$m" = stub ] && [ "$allow_stub" = true ]; then return; fi

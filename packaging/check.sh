@@ -11,7 +11,7 @@
 # install / reinstall / upgrade / uninstall / purge into a temporary root); IAM (parliament
 # silent, task role == COORDINATOR_ACTIONS); CloudFormation (cfn-lint: no errors, no warnings);
 # the coordinator image and task definition (structural: non-root, distroless, no baked secrets).
-# The agent in the package is target/release/autoheal-agent when built, else a stub script.
+# The agent in the package is target/release-agent/autoheal-agent when built, else a stub script.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -44,7 +44,7 @@ mapfile -t scripts < <(
 if shellcheck -x "${scripts[@]}"; then pass "shellcheck: ${#scripts[@]} scripts clean"; else fail "shellcheck"; fi
 
 agent_bin=()
-if [ -x target/release/autoheal-agent ]; then agent_bin=(target/release/autoheal-agent); fi
+if [ -x target/release-agent/autoheal-agent ]; then agent_bin=(target/release-agent/autoheal-agent); fi
 
 gates=(
   "packaging/tests/systemd-unit.sh"

@@ -30,6 +30,33 @@ struct RawConfig {
     ladder: Option<RawLadder>,
     guardrails: Option<RawGuardrails>,
     notify: Option<crate::notify::RawNotify>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawStore {
+    backend: Option<String>,
+    table: Option<String>,
+    lease_ttl: Option<String>,
+    lease_renew_interval: Option<String>,
+    event_ttl: Option<String>,
+}
+
+/// Where state lives and how leadership is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// One file in `state_dir`: one coordinator.
+    Embedded,
+    /// A DynamoDB table shared by every replica (needs `[aws]`).
+    Dynamo { table: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub lease_ttl: Duration,
+    pub lease_renew_interval: Duration,
+    pub event_ttl: Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -100,8 +127,8 @@ pub struct Config {
     /// Names this replica in logs, events and the Welcome message.
     pub coordinator_id: String,
     pub listen: SocketAddr,
-    /// The address other replicas redirect agents to (defaults to `listen`).
-    pub advertise: String,
+    /// The address other replicas redirect agents to (defaults to the address bound).
+    pub advertise: Option<String>,
     pub trust_domain: TrustDomain,
     /// Shadow mode: decide and record, never act. On by default: acting is opted into.
     pub dry_run: bool,
@@ -115,6 +142,7 @@ pub struct Config {
     pub aws: Option<AwsConfig>,
     pub policy: autoheal_policy::Config,
     pub notify: crate::notify::NotifyConfig,
+    pub store: StoreConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -213,9 +241,10 @@ impl Config {
             NonZeroUsize::MIN
         });
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or("state"));
-        let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
+        let advertise = raw.advertise;
 
         let has_aws = raw.aws.is_some();
+        let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
         // Always built: the webhook environment variable alone can turn Slack on.
         let notify = crate::notify::NotifyConfig::from_raw(
@@ -247,6 +276,7 @@ impl Config {
             aws,
             policy,
             notify,
+            store,
         })
     }
 
@@ -432,6 +462,63 @@ fn policy_config(
             }
             autoheal_policy::Config::default()
         }
+    }
+}
+
+fn store_config(raw: RawStore, has_aws: bool, errors: &mut ConfigErrors) -> StoreConfig {
+    let backend = match raw.backend.as_deref() {
+        None | Some("embedded") => StoreBackend::Embedded,
+        Some("dynamodb") => {
+            if !has_aws {
+                errors.push(
+                    "store.backend",
+                    "dynamodb needs an [aws] section (region, endpoint, credentials)",
+                );
+            }
+            StoreBackend::Dynamo {
+                table: raw
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| "autoheal-state".to_owned()),
+            }
+        }
+        Some(other) => {
+            errors.push(
+                "store.backend",
+                format!("{other:?}: use \"embedded\" or \"dynamodb\""),
+            );
+            StoreBackend::Embedded
+        }
+    };
+    if raw.table.is_some() && backend == StoreBackend::Embedded {
+        errors.push("store.table", "only used with backend = \"dynamodb\"");
+    }
+    let lease_ttl = errors.duration(
+        "store.lease_ttl",
+        raw.lease_ttl.as_deref(),
+        Duration::from_secs(15),
+    );
+    let lease_renew_interval = errors.duration(
+        "store.lease_renew_interval",
+        raw.lease_renew_interval.as_deref(),
+        lease_ttl / 4,
+    );
+    if lease_renew_interval * 3 >= lease_ttl {
+        errors.push(
+            "store.lease_renew_interval",
+            "must be shorter than a third of store.lease_ttl, so two renewals can fail before the lease lapses",
+        );
+    }
+    let event_ttl = errors.duration(
+        "store.event_ttl",
+        raw.event_ttl.as_deref(),
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    StoreConfig {
+        backend,
+        lease_ttl,
+        lease_renew_interval,
+        event_ttl,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     fleet::{Fleet, InstanceRecord},
     journal::{Entry, Journal, Phase, Step},
     report::ServiceState,
+    store::{LeaderState, LeaseHandle, StoreError},
 };
 
 /// How far back a succeeded action in the journal stops the same action being taken again.
@@ -96,7 +97,6 @@ pub struct Settings {
     pub interval: Duration,
     pub replace_with: ReplaceWith,
     pub respect_grace: bool,
-    pub fencing_token: u64,
 }
 
 #[derive(Debug)]
@@ -117,6 +117,10 @@ pub struct Controller {
     verdicts: HashMap<String, (bool, Vec<policy::Timestamp>)>,
     view: watch::Sender<Option<Arc<ControlView>>>,
     commands: mpsc::Receiver<Command>,
+    lease: LeaseHandle,
+    /// The fencing token of the term this controller is leading in; `None` while following.
+    token: Option<u64>,
+    reconciled: bool,
 }
 
 fn now_ms() -> u64 {
@@ -150,6 +154,7 @@ impl Controller {
         hands: Hands,
         journal: Arc<Journal>,
         settings: Settings,
+        lease: LeaseHandle,
     ) -> (Self, Handle) {
         let (view, view_rx) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(16);
@@ -170,6 +175,9 @@ impl Controller {
             verdicts: HashMap::new(),
             view,
             commands,
+            lease,
+            token: None,
+            reconciled: false,
         };
         (controller, handle)
     }
@@ -177,7 +185,6 @@ impl Controller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reconciled = false;
         loop {
             tokio::select! {
                 biased;
@@ -193,14 +200,72 @@ impl Controller {
                 }
                 _ = tick.tick() => {}
             }
-            if !self.refresh_inventory().await {
+            let fresh = self.refresh_inventory().await;
+            match self.lease.current() {
+                LeaderState::Leader { token } => {
+                    if self.token != Some(token) && !self.begin_term(token).await {
+                        continue;
+                    }
+                }
+                LeaderState::Follower { .. } => {
+                    // Only the leader acts. Keep the persisted view fresh for the read API.
+                    if self.token.take().is_some() {
+                        tracing::warn!("lost the lease: no longer acting");
+                        self.fleet.record_event(
+                            "",
+                            "leadership",
+                            "this coordinator no longer leads: not acting".to_owned(),
+                        );
+                    }
+                    if let Err(error) = self.fleet.load_persisted().await {
+                        tracing::debug!(%error, "cannot refresh pause and skips");
+                    }
+                    continue;
+                }
+            }
+            if !fresh {
                 continue;
             }
-            if !reconciled {
+            if !self.reconciled {
                 self.reconcile().await;
-                reconciled = true;
+                self.reconciled = true;
             }
             self.pass().await;
+        }
+    }
+
+    /// A new term: what earlier leaders did is in the store, not in our memory.
+    async fn begin_term(&mut self, token: u64) -> bool {
+        if let Err(error) = self.journal.reload().await {
+            tracing::warn!(%error, "cannot read the journal at the start of a term; not acting");
+            return false;
+        }
+        if let Err(error) = self.fleet.load_persisted().await {
+            tracing::warn!(%error, "cannot read the pause and skips at the start of a term; not acting");
+            return false;
+        }
+        tracing::info!(token, "leading: acting with this fencing token");
+        self.fleet.record_event(
+            "",
+            "leadership",
+            format!("this coordinator leads (fencing token {token})"),
+        );
+        self.token = Some(token);
+        self.reconciled = false;
+        true
+    }
+
+    /// Writes a journal entry with the current term's token. A fenced write means another
+    /// coordinator leads: tell the lease (it steps down) and act on nothing.
+    async fn record(&mut self, entry: &Entry) -> Result<(), StoreError> {
+        match self.journal.append(entry).await {
+            Err(error) if error.is_fenced() => {
+                tracing::error!(%error, "fenced: stepping down");
+                self.lease.report_fenced(entry.fencing_token).await;
+                self.token = None;
+                Err(error)
+            }
+            other => other,
         }
     }
 
@@ -294,10 +359,12 @@ impl Controller {
                 phase,
                 detail: detail.clone(),
                 at_ms: now_ms(),
+                fencing_token: self.token.unwrap_or_default(),
                 ..intent.clone()
             };
-            if let Err(error) = self.journal.append(&outcome) {
+            if let Err(error) = self.record(&outcome).await {
                 tracing::error!(%error, "cannot journal a reconciliation");
+                return;
             }
             self.fleet.record_event(
                 &intent.instance_id,
@@ -351,7 +418,11 @@ impl Controller {
             at: now,
         })));
         for decision in &plan.decisions {
-            self.tell(decision);
+            if let Some(entry) = self.tell(decision)
+                && let Err(error) = self.record(&entry).await
+            {
+                tracing::warn!(%error, "cannot journal a dry-run decision");
+            }
         }
         let actions: Vec<(policy::Decision, policy::Action)> = plan
             .executable()
@@ -369,7 +440,7 @@ impl Controller {
     }
 
     /// One fleet event per change of what we'd say about an instance.
-    fn tell(&mut self, d: &policy::Decision) {
+    fn tell(&mut self, d: &policy::Decision) -> Option<Entry> {
         let (kind, what) = match &d.kind {
             policy::DecisionKind::Act(a) => ("decision", format!("{a}")),
             policy::DecisionKind::WouldAct(a) => ("dry-run", format!("would {a}")),
@@ -384,18 +455,19 @@ impl Controller {
                         .join("; ")
                 ),
             ),
-            policy::DecisionKind::Wait { .. } => return,
+            policy::DecisionKind::Wait { .. } => return None,
             policy::DecisionKind::Alert(a) => ("alert", format!("{a:?}")),
             policy::DecisionKind::Finished(e) => ("remediation-finished", format!("{e:?}")),
         };
         let message = format!("{what}: {}", d.reason);
         if self.last_said.get(d.instance.as_str()) == Some(&message) {
-            return;
+            return None;
         }
         self.last_said
             .insert(d.instance.as_str().to_owned(), message.clone());
+        self.fleet.record_event(d.instance.as_str(), kind, message);
         if let policy::DecisionKind::WouldAct(action) = &d.kind {
-            let entry = Entry {
+            return Some(Entry {
                 key: format!("{}/{}/dry-run", d.instance, now_ms()),
                 instance_id: d.instance.to_string(),
                 asg: d.asg.to_string(),
@@ -404,15 +476,12 @@ impl Controller {
                 target_groups: target_groups(action),
                 reason: d.reason.clone(),
                 detail: String::new(),
-                fencing_token: self.settings.fencing_token,
+                fencing_token: self.token.unwrap_or_default(),
                 at_ms: now_ms(),
                 requested_by: String::new(),
-            };
-            if let Err(error) = self.journal.append(&entry) {
-                tracing::warn!(%error, "cannot journal a dry-run decision");
-            }
+            });
         }
-        self.fleet.record_event(d.instance.as_str(), kind, message);
+        None
     }
 
     async fn execute(&mut self, d: &policy::Decision, action: &policy::Action) -> policy::Outcome {
@@ -433,11 +502,16 @@ impl Controller {
             target_groups: target_groups(action),
             reason: d.reason.clone(),
             detail: String::new(),
-            fencing_token: self.settings.fencing_token,
+            fencing_token: self.token.unwrap_or_default(),
             at_ms: now_ms(),
             requested_by: String::new(),
         };
-        if let Err(error) = self.journal.append(&intent) {
+        if self.token.is_none() {
+            return policy::Outcome::Failed {
+                error: "not the leader".to_owned(),
+            };
+        }
+        if let Err(error) = self.record(&intent).await {
             // A coordinator that can't write its journal must not act.
             tracing::error!(%error, "not acting");
             self.fleet.record_event(
@@ -470,7 +544,7 @@ impl Controller {
             at_ms: now_ms(),
             ..intent
         };
-        if let Err(error) = self.journal.append(&entry) {
+        if let Err(error) = self.record(&entry).await {
             tracing::error!(%error, "cannot journal an outcome; reconciliation will settle it");
         }
         let kind = if phase == Phase::Succeeded {
@@ -560,6 +634,16 @@ impl Controller {
     /// the global pause, which holds automatic actions, not a person's deliberate one. Dry-run
     /// records and doesn't act. The instance is then skipped, so automation doesn't fight it.
     async fn drain(&mut self, instance: &str, reason: &str, by: &str) -> Result<Entry, DrainError> {
+        let Some(token) = self.token else {
+            return Err(DrainError::Failed(match self.lease.current() {
+                LeaderState::Follower {
+                    leader_endpoint: Some(e),
+                } => {
+                    format!("this coordinator does not lead; the leader is {e}")
+                }
+                _ => "this coordinator does not lead".to_owned(),
+            }));
+        };
         let now = SystemTime::now();
         let snapshot = self.snapshot(now);
         let id = policy::InstanceId::new(instance.to_owned());
@@ -611,12 +695,12 @@ impl Controller {
             target_groups: target_groups.clone(),
             reason: reason.to_owned(),
             detail: String::new(),
-            fencing_token: self.settings.fencing_token,
+            fencing_token: token,
             at_ms: now_ms(),
             requested_by: by.to_owned(),
         };
-        self.journal
-            .append(&entry)
+        self.record(&entry)
+            .await
             .map_err(|e| DrainError::Failed(e.to_string()))?;
         if dry_run {
             self.fleet.record_event(
@@ -642,7 +726,7 @@ impl Controller {
             format!("deregistered from {} target group(s)", target_groups.len())
         });
         entry.at_ms = now_ms();
-        if let Err(error) = self.journal.append(&entry) {
+        if let Err(error) = self.record(&entry).await {
             tracing::error!(%error, "cannot journal a drain outcome");
         }
         if let Some(error) = failure {
@@ -650,9 +734,10 @@ impl Controller {
                 .record_event(instance, "action-failed", format!("drain: {error}"));
             return Err(DrainError::Failed(error));
         }
-        if let Err(error) =
-            self.fleet
-                .set_skipped(instance, true, &format!("drained: {reason}"), by)
+        if let Err(error) = self
+            .fleet
+            .set_skipped(instance, true, &format!("drained: {reason}"), by)
+            .await
         {
             tracing::warn!(%error, "cannot persist the skip after a drain");
         }

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
@@ -58,6 +57,10 @@ pub struct AgentView {
     pub escalations: Vec<Escalation>,
     pub dropped_events: u64,
     pub healing_paused: bool,
+    /// The agent had numbered events before this coordinator knew its epoch (we restarted, or
+    /// another replica held its stream): the first event received sets the baseline, and the
+    /// earlier ones are not "missing" — a previous coordinator acknowledged them.
+    baseline_unknown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,38 +171,19 @@ pub struct Skip {
 pub struct Fleet {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<FleetEvent>,
-    pause_file: Option<PathBuf>,
-    skips_file: Option<PathBuf>,
+    store: Option<Arc<dyn crate::store::Store>>,
     pub coordinator_id: Arc<str>,
     pub dry_run: bool,
 }
 
 impl Fleet {
-    /// `state_dir` holds what must survive a restart (the global pause); `None` keeps it in memory.
+    /// `store` keeps what must survive a restart (the global pause, per-instance skips); `None`
+    /// keeps everything in memory. Call [`Fleet::load_persisted`] once before serving.
     pub fn new(
         coordinator_id: &str,
         dry_run: bool,
-        state_dir: Option<PathBuf>,
+        store: Option<Arc<dyn crate::store::Store>>,
     ) -> std::io::Result<Self> {
-        let skips_file = state_dir.as_ref().map(|d| d.join("skips.json"));
-        let skips: BTreeMap<String, Skip> = match &skips_file {
-            Some(path) => read_json(path)?.unwrap_or_default(),
-            None => BTreeMap::new(),
-        };
-        let pause_file = state_dir.map(|d| d.join("pause.json"));
-        let pause = match &pause_file {
-            Some(path) => match std::fs::read(path) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => PauseState::default(),
-                Err(e) => return Err(e),
-            },
-            None => PauseState::default(),
-        };
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             state: Arc::new(Mutex::new(State {
@@ -207,15 +191,40 @@ impl Fleet {
                 log: VecDeque::new(),
                 next_cursor: 1,
                 next_session: 1,
-                pause,
-                skips,
+                pause: PauseState::default(),
+                skips: BTreeMap::new(),
             })),
             events,
-            pause_file,
-            skips_file,
+            store,
             coordinator_id: coordinator_id.into(),
             dry_run,
         })
+    }
+
+    /// Reads the pause and the skips from the store (at start, and when another replica may
+    /// have changed them).
+    pub async fn load_persisted(&self) -> Result<(), crate::store::StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let pause = store.pause().await?;
+        let skips = store.skips().await?;
+        let mut state = self.lock();
+        state.pause = pause;
+        state.skips = skips
+            .into_iter()
+            .map(|s| {
+                (
+                    s.instance_id.clone(),
+                    Skip {
+                        reason: s.reason,
+                        by: s.by,
+                        since: s.since,
+                    },
+                )
+            })
+            .collect();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -260,6 +269,7 @@ impl Fleet {
             escalations: Vec::new(),
             dropped_events: 0,
             healing_paused: hello.healing_paused,
+            baseline_unknown: acked_seq == 0 && hello.last_seq > 0,
         };
         if let Some(prev) = previous.filter(|a| a.epoch == hello.epoch) {
             // Same agent process reconnecting: what it told us still holds.
@@ -267,6 +277,7 @@ impl Fleet {
             agent.failing_dependencies = prev.failing_dependencies;
             agent.escalations = prev.escalations;
             agent.dropped_events = prev.dropped_events;
+            agent.baseline_unknown = prev.baseline_unknown && acked_seq == 0;
         }
         record.agent = Some(agent);
         let message = format!(
@@ -359,7 +370,9 @@ impl Fleet {
                 acked_seq: agent.acked_seq,
             };
         }
-        let gap = (event.seq > agent.acked_seq + 1).then(|| (agent.acked_seq + 1, event.seq - 1));
+        let gap = (event.seq > agent.acked_seq + 1 && !agent.baseline_unknown)
+            .then(|| (agent.acked_seq + 1, event.seq - 1));
+        agent.baseline_unknown = false;
         agent.acked_seq = event.seq;
         match &event.kind {
             EventKind::ServiceStateChanged { service, to, .. } => {
@@ -527,20 +540,22 @@ impl Fleet {
     }
 
     /// Sets the global pause and persists it before answering, so a restart keeps it.
-    pub fn set_paused(&self, paused: bool, reason: &str, by: &str) -> std::io::Result<PauseState> {
-        let mut state = self.lock();
+    pub async fn set_paused(
+        &self,
+        paused: bool,
+        reason: &str,
+        by: &str,
+    ) -> Result<PauseState, crate::store::StoreError> {
         let new = PauseState {
             paused,
             reason: reason.to_owned(),
             by: by.to_owned(),
             since: Some(SystemTime::now()),
         };
-        if let Some(path) = &self.pause_file {
-            write_atomically(
-                path,
-                &serde_json::to_vec_pretty(&new).map_err(std::io::Error::other)?,
-            )?;
+        if let Some(store) = &self.store {
+            store.set_pause(&new).await?;
         }
+        let mut state = self.lock();
         state.pause = new.clone();
         let message = if paused {
             format!("fleet paused by {by}: {reason}")
@@ -558,37 +573,44 @@ impl Fleet {
     }
 
     /// Excludes `instance` from automatic remediation (or returns it), persisted before answering.
-    pub fn set_skipped(
+    pub async fn set_skipped(
         &self,
         instance: &str,
         skip: bool,
         reason: &str,
         by: &str,
-    ) -> std::io::Result<Option<InstanceRecord>> {
-        let mut state = self.lock();
-        if !state.instances.contains_key(instance) {
+    ) -> Result<Option<InstanceRecord>, crate::store::StoreError> {
+        if !self.lock().instances.contains_key(instance) {
             return Ok(None);
         }
-        let mut skips = state.skips.clone();
+        let since = SystemTime::now();
+        if let Some(store) = &self.store {
+            if skip {
+                store
+                    .set_skip(&crate::store::Skip {
+                        instance_id: instance.to_owned(),
+                        reason: reason.to_owned(),
+                        by: by.to_owned(),
+                        since,
+                    })
+                    .await?;
+            } else {
+                store.unset_skip(instance).await?;
+            }
+        }
+        let mut state = self.lock();
         if skip {
-            skips.insert(
+            state.skips.insert(
                 instance.to_owned(),
                 Skip {
                     reason: reason.to_owned(),
                     by: by.to_owned(),
-                    since: SystemTime::now(),
+                    since,
                 },
             );
         } else {
-            skips.remove(instance);
+            state.skips.remove(instance);
         }
-        if let Some(path) = &self.skips_file {
-            write_atomically(
-                path,
-                &serde_json::to_vec_pretty(&skips).map_err(std::io::Error::other)?,
-            )?;
-        }
-        state.skips = skips;
         let message = if skip {
             format!("excluded from automatic remediation by {by}: {reason}")
         } else {
@@ -626,19 +648,6 @@ impl Fleet {
 fn with_skip(mut record: InstanceRecord, skips: &BTreeMap<String, Skip>) -> InstanceRecord {
     record.skipped = skips.contains_key(&record.instance_id);
     record
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 fn current_agent<'a>(state: &'a mut State, session: &Session) -> Option<&'a mut AgentView> {
@@ -684,23 +693,6 @@ fn push_event(
     state.log.push_back(event.clone());
     // No receivers is fine: nobody is watching.
     let _ = events.send(event);
-}
-
-/// Write to a temporary file, fsync, rename over: a crash leaves the old or the new file.
-pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -774,6 +766,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_coordinator_does_not_call_acked_events_missing() {
+        let fleet = Fleet::new("c", true, None).expect("fleet");
+        // The agent numbered 1..=2 and a previous coordinator acked them.
+        let mut h = hello(5);
+        h.last_seq = 2;
+        let (session, acked) = fleet.agent_connected(&h);
+        assert_eq!(acked, 0);
+        assert_eq!(
+            fleet.event(&session, &event(3)),
+            Recorded::New { acked_seq: 3 }
+        );
+        // A real gap after the baseline is still reported.
+        assert_eq!(
+            fleet.event(&session, &event(5)),
+            Recorded::New { acked_seq: 5 }
+        );
+        let kinds: Vec<_> = fleet
+            .instance("i-1")
+            .expect("known")
+            .recent_events
+            .iter()
+            .map(|e| e.message.clone())
+            .filter(|m| m.contains("never arrived"))
+            .collect();
+        assert_eq!(kinds, ["events 4..=4 never arrived"]);
+    }
+
+    #[test]
     fn a_newer_stream_supersedes_the_old_one() {
         let fleet = Fleet::new("c", true, None).expect("fleet");
         let (old, _) = fleet.agent_connected(&hello(1));
@@ -791,18 +811,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pause_survives_a_restart() {
+    #[tokio::test]
+    async fn pause_and_skips_survive_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fleet = Fleet::new("c", true, Some(dir.path().to_owned())).expect("fleet");
+        let open = || -> Arc<dyn crate::store::Store> {
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).expect("store"))
+        };
+        let fleet = Fleet::new("c", true, Some(open())).expect("fleet");
+        let (_session, _) = fleet.agent_connected(&hello(1));
         fleet
             .set_paused(true, "maintenance", "spiffe://td/operator/alice")
+            .await
             .expect("persist");
-        let again = Fleet::new("c", true, Some(dir.path().to_owned())).expect("reopen");
+        fleet
+            .set_skipped("i-1", true, "debugging", "spiffe://td/operator/alice")
+            .await
+            .expect("persist")
+            .expect("known instance");
+        drop(fleet);
+        let again = Fleet::new("c", true, Some(open())).expect("reopen");
+        again.load_persisted().await.expect("load");
         let pause = again.pause_state();
         assert!(pause.paused);
         assert_eq!(pause.reason, "maintenance");
         assert_eq!(pause.by, "spiffe://td/operator/alice");
+        again.agent_connected(&hello(2));
+        assert!(again.instance("i-1").expect("known").skipped);
     }
 
     #[tokio::test]

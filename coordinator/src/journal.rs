@@ -1,16 +1,10 @@
 //! The action journal: a write-ahead record of every AWS action — the intent before the call, the
-//! outcome after — so a restarted coordinator knows what it did and never acts twice.
-//!
-//! Embedded backend: one append-only JSON-lines file, fsync'd per entry. An entry counts once
-//! `append` returns; a torn last line (a crash mid-write) was never acknowledged and is dropped on
-//! open.
+//! outcome after — so a restarted coordinator knows what it did and never acts twice. Entries live
+//! in the [`Store`] (embedded file or DynamoDB), each stamped with the leader's fencing token.
 
-use std::{
-    fs::{File, OpenOptions},
-    io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::store::{JournalQuery, Store, StoreError};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,120 +62,60 @@ pub struct Entry {
     pub requested_by: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("cannot open the journal {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write the journal {path}: not acting without a record")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("journal {path} line {line} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
+/// The journal as the control loop sees it: every entry of the current leader's term in memory
+/// for quick questions ("was this already done?"), each new entry written through to the
+/// [`Store`] before `append` returns — so a write the store refuses (I/O trouble, or a fencing
+/// token that lost the lease) means no record, and no action.
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    file: File,
-    entries: Vec<Entry>,
+    store: Arc<dyn Store>,
+    entries: Mutex<Vec<Entry>>,
 }
 
 impl Journal {
-    pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        let path = dir.join("journal.jsonl");
-        let open_err = |source| JournalError::Open {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(open_err)?;
-        let mut entries = Vec::new();
-        let mut good_len = 0u64;
-        if let Ok(file) = File::open(&path) {
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            let mut number = 0;
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(open_err)?;
-                if n == 0 {
-                    break;
-                }
-                number += 1;
-                if !line.ends_with('\n') {
-                    // Torn write: never acknowledged.
-                    tracing::warn!(line = number, "dropping a torn last journal line");
-                    break;
-                }
-                let entry = serde_json::from_str(line.trim_end()).map_err(|source| {
-                    JournalError::Corrupt {
-                        path: path.clone(),
-                        line: number,
-                        source,
-                    }
-                })?;
-                entries.push(entry);
-                good_len += n as u64;
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&path)
-            .map_err(open_err)?;
-        // Cut a torn tail so the next entry starts on a line of its own.
-        file.set_len(good_len).map_err(open_err)?;
+    /// Loads every entry from the store.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let entries = store.journal(JournalQuery::All).await?;
         Ok(Self {
-            path,
-            inner: Mutex::new(Inner { file, entries }),
+            store,
+            entries: Mutex::new(entries),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// An empty journal over `store`, for when it can't be read yet (the next term reloads it).
+    pub fn empty(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            entries: Mutex::new(Vec::new()),
+        }
     }
 
-    /// Durable when it returns.
-    pub fn append(&self, entry: &Entry) -> Result<(), JournalError> {
-        let write_err = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let mut line =
-            serde_json::to_vec(entry).map_err(|e| write_err(std::io::Error::other(e)))?;
-        line.push(b'\n');
-        let mut inner = self.lock();
-        inner.file.write_all(&line).map_err(write_err)?;
-        inner.file.sync_data().map_err(write_err)?;
-        inner.entries.push(entry.clone());
+    /// Re-reads the store (another leader may have written since).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let entries = self.store.journal(JournalQuery::All).await?;
+        *self.lock() = entries;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Durable when it returns; refused with [`StoreError::Fenced`] if `entry.fencing_token`
+    /// no longer holds the lease.
+    pub async fn append(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.store.append_journal(entry).await?;
+        self.lock().push(entry.clone());
         Ok(())
     }
 
     pub fn entries(&self) -> Vec<Entry> {
-        self.lock().entries.clone()
+        self.lock().clone()
     }
 
     /// The newest entries first, optionally for one instance.
     pub fn recent(&self, instance: Option<&str>, limit: usize) -> Vec<Entry> {
         self.lock()
-            .entries
             .iter()
             .rev()
             .filter(|e| instance.is_none_or(|i| e.instance_id == i))
@@ -193,7 +127,6 @@ impl Journal {
     /// The newest succeeded outcome of `step` on `instance` written at or after `since_ms`.
     pub fn succeeded_since(&self, instance: &str, step: Step, since_ms: u64) -> Option<Entry> {
         self.lock()
-            .entries
             .iter()
             .rev()
             .take_while(|e| e.at_ms >= since_ms)
@@ -203,13 +136,12 @@ impl Journal {
 
     /// Intents that have no outcome: calls a crash may have interrupted.
     pub fn in_flight(&self) -> Vec<Entry> {
-        let inner = self.lock();
-        inner
-            .entries
+        let entries = self.lock();
+        entries
             .iter()
             .filter(|e| e.phase == Phase::Intent)
             .filter(|intent| {
-                !inner.entries.iter().any(|e| {
+                !entries.iter().any(|e| {
                     e.key == intent.key && matches!(e.phase, Phase::Succeeded | Phase::Failed)
                 })
             })
@@ -221,6 +153,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EmbeddedStore;
 
     fn entry(key: &str, phase: Phase, at_ms: u64) -> Entry {
         Entry {
@@ -232,27 +165,32 @@ mod tests {
             target_groups: vec!["tg".into()],
             reason: "escalated".into(),
             detail: String::new(),
-            fencing_token: 1,
+            fencing_token: 0,
             at_ms,
             requested_by: String::new(),
         }
     }
 
-    #[test]
-    fn entries_survive_reopen_and_in_flight_intents_are_found() {
+    #[tokio::test]
+    async fn entries_survive_reopen_and_in_flight_intents_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::open(dir.path()).expect("open");
+        let open =
+            || -> Arc<dyn Store> { Arc::new(EmbeddedStore::open(dir.path()).expect("store")) };
+        let journal = Journal::open(open()).await.expect("open");
         journal
             .append(&entry("a", Phase::Intent, 1))
+            .await
             .expect("append");
         journal
             .append(&entry("a", Phase::Succeeded, 2))
+            .await
             .expect("append");
         journal
             .append(&entry("b", Phase::Intent, 3))
+            .await
             .expect("append");
         drop(journal);
-        let journal = Journal::open(dir.path()).expect("reopen");
+        let journal = Journal::open(open()).await.expect("reopen");
         assert_eq!(journal.entries().len(), 3);
         let in_flight = journal.in_flight();
         assert_eq!(in_flight.len(), 1);
@@ -267,28 +205,6 @@ mod tests {
                 .succeeded_since("i-1", Step::Deregister, 3)
                 .is_none()
         );
-    }
-
-    #[test]
-    fn a_torn_last_line_is_dropped_and_appends_continue_cleanly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::open(dir.path()).expect("open");
-        journal
-            .append(&entry("a", Phase::Intent, 1))
-            .expect("append");
-        drop(journal);
-        let path = dir.path().join("journal.jsonl");
-        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
-        file.write_all(b"{\"key\":\"torn").expect("write");
-        drop(file);
-        let journal = Journal::open(dir.path()).expect("reopen");
-        assert_eq!(journal.entries().len(), 1);
-        journal
-            .append(&entry("c", Phase::Intent, 5))
-            .expect("append");
-        drop(journal);
-        let journal = Journal::open(dir.path()).expect("reopen again");
-        let keys: Vec<_> = journal.entries().into_iter().map(|e| e.key).collect();
-        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(journal.recent(Some("i-1"), 1)[0].key, "b");
     }
 }

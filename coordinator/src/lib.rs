@@ -17,3 +17,8 @@ pub mod pki;
 pub mod report;
 pub mod server;
 pub mod store;
+
+/// An error with its `source()` chain, `a: b: c`, for one-line logs.
+pub fn tls_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    autoheal_proto::tls::DisplayChain(error).to_string()
+}

@@ -21,11 +21,12 @@ use tracing::Instrument;
 
 use crate::{
     aws::sdk::Clients,
-    config::Config,
+    config::{Config, StoreBackend},
     control::{Controller, Hands, Settings as ControlSettings},
     fleet::Fleet,
     grpc::{TlsListener, agent::AgentStreams, authz::AuthzLayer, fleet::FleetApi},
     journal::Journal,
+    store::{DynamoStore, EmbeddedStore, LeaderState, Lease, LeaseSettings, Store, system_clock},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,9 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Lease(#[from] crate::store::LeaseSettingsError),
     #[error("cannot start notifications")]
     Notify(#[from] crate::notify::NotifyError),
     #[error("cannot build the reflection service")]
@@ -96,17 +99,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         path: config.state_dir.clone(),
         source,
     })?;
-    let fleet = Fleet::new(
-        &config.coordinator_id,
-        config.dry_run,
-        Some(config.state_dir.clone()),
-    )
-    .map_err(|source| StartError::State {
-        path: config.state_dir.clone(),
-        source,
-    })?;
-
-    let journal = Arc::new(Journal::open(&config.state_dir)?);
+    let clients = match &config.aws {
+        Some(aws) => Some(Arc::new(Clients::new(aws.settings.clone()).await)),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match (&config.store.backend, &clients) {
+        (StoreBackend::Dynamo { table }, Some(clients)) => Arc::new(DynamoStore::new(
+            clients.dynamodb.clone(),
+            table.clone(),
+            clients.settings.clone(),
+            system_clock(),
+        )),
+        // Config validation refuses dynamodb without [aws].
+        _ => Arc::new(EmbeddedStore::open(&config.state_dir)?),
+    };
+    let fleet = Fleet::new(&config.coordinator_id, config.dry_run, Some(store.clone())).map_err(
+        |source| StartError::State {
+            path: config.state_dir.clone(),
+            source,
+        },
+    )?;
+    if let Err(error) = fleet.load_persisted().await {
+        // A follower can serve without it, and the leader reloads at the start of its term.
+        tracing::warn!(error = %crate::tls_chain(&error), "cannot read the pause and skips yet");
+    }
+    let journal = Arc::new(Journal::open(store.clone()).await.unwrap_or_else(|error| {
+        tracing::warn!(error = %crate::tls_chain(&error), "cannot read the journal yet");
+        Journal::empty(store.clone())
+    }));
 
     let (reloader, tls_configs) = ServerReloader::new(
         config.tls.clone(),
@@ -133,8 +153,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         accepted: accepted_tx,
     };
 
-    // Leadership arrives with the DynamoDB lease; a single coordinator always leads.
-    let (_leader_tx, redirect) = watch::channel(None);
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let (lease, leadership) = Lease::new(
+        store.clone(),
+        LeaseSettings {
+            owner: config.coordinator_id.clone(),
+            endpoint: advertise.clone(),
+            ttl: config.store.lease_ttl,
+            renew_interval: config.store.lease_renew_interval,
+        },
+        system_clock(),
+    )?;
+    tokio::spawn(
+        lease
+            .run(shutdown.clone())
+            .instrument(tracing::info_span!("lease")),
+    );
+    // Followers send agents to the leader; `None` while we lead (or nobody does: agents retry).
+    let (redirect_tx, redirect) = watch::channel(None);
     let agents = AgentStreams {
         fleet: fleet.clone(),
         heartbeat_interval: config.heartbeat_interval,
@@ -142,10 +178,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
     };
     let mut control = None;
-    let clients = match &config.aws {
-        Some(aws) => Some(Arc::new(Clients::new(aws.settings.clone()).await)),
-        None => None,
-    };
     if let (Some(aws), Some(clients)) = (&config.aws, clients.clone()) {
         let hands = Hands {
             groups: clients.clone(),
@@ -162,8 +194,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 interval: aws.interval,
                 replace_with: aws.replace_with,
                 respect_grace: aws.respect_grace_period,
-                fencing_token: 0,
             },
+            leadership.clone(),
         );
         control = Some(handle);
         tokio::spawn(
@@ -190,10 +222,52 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AgentServiceServer<AgentStreams>>()
-        .await;
     health.set_serving::<FleetServiceServer<FleetApi>>().await;
+    health
+        .set_not_serving::<AgentServiceServer<AgentStreams>>()
+        .await;
+    // AgentService is SERVING only on the leader, so an NLB health check sends agents there.
+    let mut leader_state = leadership.watch();
+    let stop = shutdown.clone();
+    let advertised = advertise.clone();
+    tokio::spawn(
+        async move {
+            loop {
+                let state = leader_state.borrow_and_update().clone();
+                match &state {
+                    LeaderState::Leader { .. } => {
+                        redirect_tx.send_replace(None);
+                        health
+                            .set_serving::<AgentServiceServer<AgentStreams>>()
+                            .await;
+                    }
+                    LeaderState::Follower { leader_endpoint } => {
+                        redirect_tx
+                            .send_replace(leader_endpoint.clone().filter(|e| *e != advertised));
+                        health
+                            .set_not_serving::<AgentServiceServer<AgentStreams>>()
+                            .await;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    changed = leader_state.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        .instrument(tracing::info_span!("leadership")),
+    );
+    // Fleet events are kept in the store (with a TTL), off the decision path.
+    tokio::spawn(
+        record_events(
+            fleet.clone(),
+            store.clone(),
+            config.store.event_ttl,
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("event_recorder")),
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -234,11 +308,41 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })
             .instrument(tracing::info_span!("grpc")),
     );
-    tracing::info!(%addr, coordinator = %config.coordinator_id, dry_run = config.dry_run, "coordinator serving");
+    tracing::info!(%addr, %advertise, coordinator = %config.coordinator_id, dry_run = config.dry_run, "coordinator serving");
     Ok(Running {
         addr,
         fleet,
         shutdown,
         served,
     })
+}
+
+async fn record_events(
+    fleet: Fleet,
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let (_, mut events) = fleet.subscribe(u64::MAX);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                if let Err(error) = store.append_event(&event, ttl).await {
+                    tracing::debug!(error = %crate::tls_chain(&error), "fleet event not kept in the store");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "fleet events came faster than the store took them"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }

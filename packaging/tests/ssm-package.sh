@@ -16,7 +16,12 @@ mkdir -p "$work/v1" "$work/v2"
 if [ -n "${1:-}" ]; then
   cp "$1" "$work/v1/autoheal-agent"
   { cat "$1"; printf 'v2'; } >"$work/v2/autoheal-agent" # a different file, still the same ELF
-  stub=()
+  # No aarch64 build here: the arm64 slot gets a stub (the real x86_64 binary can't stand in,
+  # the build script checks each binary's architecture).
+  for v in v1 v2; do
+    printf '#!/bin/sh\necho "autoheal-agent %s arm64 (stub)"\n' "$v" >"$work/$v/autoheal-agent-arm64"
+  done
+  stub=(--allow-stub)
 else
   printf '#!/bin/sh\necho "autoheal-agent %s (stub)"\n' v1 >"$work/v1/autoheal-agent"
   printf '#!/bin/sh\necho "autoheal-agent %s (stub)"\n' v2 >"$work/v2/autoheal-agent"
@@ -24,10 +29,15 @@ else
 fi
 chmod +x "$work"/v*/autoheal-agent
 
+# arm64_of VERSION: the binary for the arm64 slot.
+arm64_of() {
+  if [ -f "$work/$1/autoheal-agent-arm64" ]; then echo "$work/$1/autoheal-agent-arm64"; else echo "$work/$1/autoheal-agent"; fi
+}
+
 step "build the package"
 for v in v1 v2; do
   "$repo/packaging/build-ssm-package.sh" ${stub[@]+"${stub[@]}"} --out "$work/out-$v" \
-    "$work/$v/autoheal-agent" "$work/$v/autoheal-agent" >/dev/null
+    "$work/$v/autoheal-agent" "$(arm64_of "$v")" >/dev/null
 done
 out=$work/out-v1
 check "build writes manifest.json and a zip per architecture" \
@@ -61,11 +71,13 @@ check "manifest check catches a zip changed after the build" not verify_manifest
 check "an x86_64-only build lists only x86_64 in the manifest" \
   jq -e '([.packages[][] | keys[]] | unique) == ["x86_64"] and (.files | keys) == ["autoheal-agent-linux-x86_64.zip"]' "$work/out-x86/manifest.json"
 "$repo/packaging/build-ssm-package.sh" ${stub[@]+"${stub[@]}"} --out "$work/out-again" \
-  "$work/v1/autoheal-agent" "$work/v1/autoheal-agent" >/dev/null
+  "$work/v1/autoheal-agent" "$(arm64_of v1)" >/dev/null
 check "the build is reproducible (same inputs, same SHA-256)" \
   cmp -s "$out/manifest.json" "$work/out-again/manifest.json"
+printf '#!/bin/sh\n' >"$work/not-elf"
+chmod +x "$work/not-elf"
 check "build refuses a non-ELF binary without --allow-stub" \
-  not "$repo/packaging/build-ssm-package.sh" --out "$work/out-bad" "$work/v1/autoheal-agent" 2>/dev/null
+  not "$repo/packaging/build-ssm-package.sh" --out "$work/out-bad" "$work/not-elf" 2>/dev/null
 
 expected="agent.toml autoheal-agent autoheal-agent-allow-restarts autoheal-agent.service install.sh uninstall.sh update.sh"
 zip_files() { unzip -Z1 "$1" | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//'; }

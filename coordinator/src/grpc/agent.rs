@@ -111,6 +111,7 @@ impl AgentService for AgentStreams {
             outbound: tx,
             // Three missed heartbeats and the stream is considered dead.
             silence: heartbeat_interval * 3,
+            redirect: self.redirect.clone(),
         };
         let span = tracing::info_span!("agent_stream", instance = %own_id, remote = %peer.remote);
         tokio::spawn(stream.run(self.shutdown.clone()).instrument(span));
@@ -124,6 +125,7 @@ struct AgentStream {
     inbound: Streaming<AgentMessage>,
     outbound: Outbound,
     silence: Duration,
+    redirect: watch::Receiver<Option<String>>,
 }
 
 impl AgentStream {
@@ -134,6 +136,15 @@ impl AgentStream {
                 () = shutdown.cancelled() => {
                     let _ = self.outbound.send(Err(Status::unavailable("coordinator is shutting down"))).await;
                     break "coordinator shutting down".to_owned();
+                }
+                Ok(()) = self.redirect.changed() => {
+                    // We stopped leading: send the agent to the leader instead of holding it here.
+                    let Some(endpoint) = self.redirect.borrow_and_update().clone() else { continue };
+                    let _ = self.outbound.send(message(coordinator_message::Kind::Redirect(v1::Redirect {
+                        endpoint: endpoint.clone(),
+                        reason: "this coordinator no longer leads".to_owned(),
+                    }))).await;
+                    break format!("redirected to the leader at {endpoint}");
                 }
                 () = self.session.superseded.cancelled() => {
                     let _ = self.outbound.send(Err(Status::aborted("superseded by a newer stream from the same instance"))).await;

@@ -380,6 +380,7 @@ impl FleetService for FleetApi {
         let state = self
             .fleet
             .set_paused(true, &reason, &by)
+            .await
             .map_err(|e| Status::unavailable(format!("cannot persist the pause: {e}")))?;
         Ok(Response::new(pause_to_wire(state)))
     }
@@ -393,6 +394,7 @@ impl FleetService for FleetApi {
         let state = self
             .fleet
             .set_paused(false, &reason, &by)
+            .await
             .map_err(|e| Status::unavailable(format!("cannot persist the resume: {e}")))?;
         Ok(Response::new(pause_to_wire(state)))
     }
@@ -525,6 +527,7 @@ impl FleetService for FleetApi {
         let record = self
             .fleet
             .set_skipped(&req.instance_id, req.skip, &req.reason, &by)
+            .await
             .map_err(|e| Status::unavailable(format!("cannot persist the skip: {e}")))?
             .ok_or_else(|| {
                 Status::not_found(format!(
