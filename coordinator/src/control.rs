@@ -136,14 +136,20 @@ fn ts(t: SystemTime) -> policy::Timestamp {
     )
 }
 
-/// Fault injection for the crash-safety tests: `AUTOHEAL_FAULT=crash-after-call:<step>` makes the
-/// process abort right after that AWS call returns and before its outcome is journaled.
-fn crash_point(step: Step) {
-    if std::env::var("AUTOHEAL_FAULT")
-        .is_ok_and(|f| f == format!("crash-after-call:{}", step.as_str()))
-    {
-        eprintln!("AUTOHEAL_FAULT: aborting after {} call", step.as_str());
-        std::process::abort();
+/// Fault injection for the crash-safety tests (never set in production):
+/// - `AUTOHEAL_FAULT=crash-after-call:<step>`: abort right after that AWS call returns, before its
+///   outcome is journaled;
+/// - `AUTOHEAL_FAULT=pause-before-intent:<step>`: SIGSTOP ourselves just before writing that
+///   step's intent, as a long GC pause or a frozen VM would.
+fn fault_point(point: &str, step: Step) {
+    if std::env::var("AUTOHEAL_FAULT").is_ok_and(|f| f == format!("{point}:{}", step.as_str())) {
+        eprintln!("AUTOHEAL_FAULT: {point} {}", step.as_str());
+        if point == "crash-after-call" {
+            std::process::abort();
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &std::process::id().to_string()])
+            .status();
     }
 }
 
@@ -511,6 +517,7 @@ impl Controller {
                 error: "not the leader".to_owned(),
             };
         }
+        fault_point("pause-before-intent", step);
         if let Err(error) = self.record(&intent).await {
             // A coordinator that can't write its journal must not act.
             tracing::error!(%error, "not acting");
@@ -529,7 +536,7 @@ impl Controller {
             format!("{}: {}", step.as_str(), d.reason),
         );
         let result = self.call(&instance, action, &key).await;
-        crash_point(step);
+        fault_point("crash-after-call", step);
         let (phase, detail, outcome) = match result {
             Ok((detail, outcome)) => (Phase::Succeeded, detail, outcome),
             Err(error) => (

@@ -218,6 +218,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         fleet: fleet.clone(),
         journal: journal.clone(),
         control,
+        leadership: leadership.clone(),
         shutdown: shutdown.clone(),
     };
 

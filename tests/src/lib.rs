@@ -136,10 +136,21 @@ impl Coordinator {
     /// Like [`Coordinator::start`], on a chosen address and with extra environment variables
     /// (e.g. AWS credentials for moto, or a fault to inject).
     pub fn start_with(pki: &Pki, extra: &str, listen: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_named(pki, "test-coordinator", extra, listen, env)
+    }
+
+    /// Like [`Coordinator::start_with`], with a coordinator id (replicas need distinct ones).
+    pub fn start_named(
+        pki: &Pki,
+        name: &str,
+        extra: &str,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let workdir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             r#"
-coordinator_id = "test-coordinator"
+coordinator_id = "{name}"
 listen = "{listen}"
 trust_domain = "{td}"
 state_dir = "{state}"
@@ -156,6 +167,7 @@ heartbeat_interval = "1s"
 "#,
             td = pki.trust_domain,
             listen = listen,
+            name = name,
             state = workdir.path().join("state").display(),
             pki = pki.path().display(),
         );
@@ -272,6 +284,27 @@ impl Coordinator {
             .args(args)
             .output()
             .expect("run autohealctl")
+    }
+
+    /// Sends a signal (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Whether the process is stopped (SIGSTOP), from `/proc/<pid>/stat`.
+    pub fn is_stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
     }
 
     pub fn is_running(&mut self) -> bool {

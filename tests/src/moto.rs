@@ -127,6 +127,23 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// Creates the coordinator's state table (pk/sk, on demand, TTL on `expires_at`).
+    pub fn state_table(&self, table: &str) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_table.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .args(["--endpoint", &self.endpoint(), "--table", table])
+            .output()
+            .expect("run moto_table.py");
+        assert!(
+            out.status.success(),
+            "table fixture failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -92,6 +92,11 @@ impl FaultProxy {
             .extend(faults.iter().copied());
     }
 
+    /// Drops every fault still queued.
+    pub fn clear(&self) {
+        self.lock().faults.clear();
+    }
+
     /// The bodies of the requests for `action` that reached the proxy, oldest first.
     pub fn requests(&self, action: &str) -> Vec<String> {
         self.lock().bodies.get(action).cloned().unwrap_or_default()

@@ -50,6 +50,17 @@ impl SimAgent {
         instance: &str,
         az: &str,
     ) -> Self {
+        Self::spawn_multi(vec![endpoint], files, instance, az)
+    }
+
+    /// Like [`SimAgent::spawn`], trying `endpoints` in turn and following redirects, as the real
+    /// agent does. A coordinator that says nothing for 3 s is treated as gone.
+    pub fn spawn_multi(
+        endpoints: Vec<std::net::SocketAddr>,
+        files: TlsFiles,
+        instance: &str,
+        az: &str,
+    ) -> Self {
         let state = Arc::new(Mutex::new(SimState {
             services: BTreeMap::from([("web".to_owned(), v1::ServiceState::Healthy)]),
             next_seq: 1,
@@ -60,8 +71,20 @@ impl SimAgent {
         let (instance_s, az_s) = (instance.to_owned(), az.to_owned());
         let (st, sp) = (state.clone(), stop.clone());
         tokio::spawn(async move {
+            let mut next = 0usize;
+            let mut redirected: Option<std::net::SocketAddr> = None;
             while !sp.is_cancelled() {
-                let _ = session(endpoint, &files, &instance_s, &az_s, epoch, &st, &sp).await;
+                let endpoint = redirected.take().unwrap_or_else(|| {
+                    let e = endpoints[next % endpoints.len()];
+                    next += 1;
+                    e
+                });
+                if let Ok(Some(to)) =
+                    session(endpoint, &files, &instance_s, &az_s, epoch, &st, &sp).await
+                {
+                    redirected = Some(to);
+                    continue;
+                }
                 tokio::select! {
                     () = sp.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -150,7 +173,7 @@ async fn session(
     epoch: u64,
     state: &Arc<Mutex<SimState>>,
     stop: &CancellationToken,
-) -> Result<(), tonic::Status> {
+) -> Result<Option<std::net::SocketAddr>, tonic::Status> {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let (tx, rx) = mpsc::channel(256);
     let last_seq = lock().next_seq - 1;
@@ -173,14 +196,21 @@ async fn session(
         })
         .await;
     let mut client = agent_client(endpoint, files);
-    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.connect(ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| tonic::Status::deadline_exceeded("coordinator did not answer"))??
+    .into_inner();
     let mut sent_up_to = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     loop {
         tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            msg = inbound.message() => {
-                let Some(msg) = msg? else { return Ok(()) };
+            () = stop.cancelled() => return Ok(None),
+            msg = tokio::time::timeout(Duration::from_secs(3), inbound.message()) => {
+                let Ok(msg) = msg else { return Ok(None) };
+                let Some(msg) = msg? else { return Ok(None) };
                 match msg.kind {
                     Some(coordinator_message::Kind::Welcome(w)) => {
                         let mut s = lock();
@@ -189,6 +219,9 @@ async fn session(
                         let acked = s.acked;
                         s.unacked.retain(|e| e.seq > acked);
                         sent_up_to = acked;
+                    }
+                    Some(coordinator_message::Kind::Redirect(r)) => {
+                        return Ok(r.endpoint.parse().ok());
                     }
                     Some(coordinator_message::Kind::Ack(a)) => {
                         let mut s = lock();
@@ -209,13 +242,13 @@ async fn session(
                 for e in events {
                     sent_up_to = sent_up_to.max(e.seq);
                     if tx.send(v1::AgentMessage { kind: Some(agent_message::Kind::Event(e)) }).await.is_err() {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
                 let last_seq = lock().next_seq - 1;
                 let hb = v1::Heartbeat { last_seq, dropped_events: 0, services };
                 if tx.send(v1::AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) }).await.is_err() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }

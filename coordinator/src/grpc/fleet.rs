@@ -21,6 +21,7 @@ pub struct FleetApi {
     pub journal: std::sync::Arc<crate::journal::Journal>,
     /// `None` when the coordinator runs without AWS (no inventory, no actions).
     pub control: Option<crate::control::Handle>,
+    pub leadership: crate::store::LeaseHandle,
     pub shutdown: CancellationToken,
 }
 
@@ -212,7 +213,7 @@ impl FleetService for FleetApi {
         Ok(Response::new(v1::FleetStatus {
             pause: Some(pause_to_wire(self.fleet.pause_state())),
             dry_run: self.fleet.dry_run,
-            leader: true,
+            leader: self.leadership.current().token().is_some(),
             coordinator_id: self.fleet.coordinator_id.to_string(),
             instances: u32::try_from(instances.len()).unwrap_or(u32::MAX),
             connected,
