@@ -20,6 +20,7 @@ struct RawConfig {
     coordinator_id: Option<String>,
     listen: Option<String>,
     advertise: Option<String>,
+    metrics_listen: Option<String>,
     trust_domain: Option<String>,
     dry_run: Option<bool>,
     state_dir: Option<String>,
@@ -129,6 +130,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The address other replicas redirect agents to (defaults to the address bound).
     pub advertise: Option<String>,
+    /// Plain-HTTP Prometheus `/metrics`; `None` (the default): not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub trust_domain: TrustDomain,
     /// Shadow mode: decide and record, never act. On by default: acting is opted into.
     pub dry_run: bool,
@@ -186,6 +189,22 @@ impl Config {
                 ),
             );
             SocketAddr::from(([127, 0, 0, 1], 7443))
+        });
+        let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| {
+            match m.parse::<SocketAddr>() {
+                Ok(addr) if addr == listen && addr.port() != 0 => {
+                    errors.push("metrics_listen", "must differ from listen");
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(
+                        "metrics_listen",
+                        format!("{m:?} is not an address: use e.g. \"127.0.0.1:9464\" (plain HTTP: keep it on loopback or a private interface)"),
+                    );
+                    None
+                }
+            }
         });
         let trust_domain =
             TrustDomain::new(raw.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN))
@@ -265,6 +284,7 @@ impl Config {
             coordinator_id,
             listen,
             advertise,
+            metrics_listen,
             trust_domain,
             dry_run: raw.dry_run.unwrap_or(true),
             state_dir,
@@ -550,6 +570,24 @@ mod tests {
         assert_eq!(c.state_dir, Path::new("/etc/autoheal/state"));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.trust_domain.as_str(), "autoheal.local");
+        assert_eq!(c.metrics_listen, None, "metrics are opted into");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_apart_from_listen() {
+        let ok = format!("metrics_listen = \"127.0.0.1:9464\"\n{GOOD}");
+        let c = Config::from_toml(&ok, Path::new(".")).expect("valid");
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        for bad in ["localhost", "127.0.0.1:7443"] {
+            let text = format!(
+                "metrics_listen = {bad:?}\nlisten = \"127.0.0.1:7443\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+            );
+            let errors = Config::from_toml(&text, Path::new(".")).expect_err(bad);
+            assert_eq!(errors.errors[0].path, "metrics_listen", "{bad}: {errors}");
+        }
     }
 
     #[test]

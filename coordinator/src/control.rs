@@ -264,7 +264,11 @@ impl Controller {
     /// Writes a journal entry with the current term's token. A fenced write means another
     /// coordinator leads: tell the lease (it steps down) and act on nothing.
     async fn record(&mut self, entry: &Entry) -> Result<(), StoreError> {
-        match self.journal.append(entry).await {
+        let appended = self.journal.append(entry).await;
+        if appended.is_ok() {
+            crate::metrics::global().journaled(entry.step, entry.phase);
+        }
+        match appended {
             Err(error) if error.is_fenced() => {
                 tracing::error!(%error, "fenced: stepping down");
                 self.lease.report_fenced(entry.fencing_token).await;
@@ -424,6 +428,7 @@ impl Controller {
             at: now,
         })));
         for decision in &plan.decisions {
+            crate::metrics::global().decision(decision);
             if let Some(entry) = self.tell(decision)
                 && let Err(error) = self.record(&entry).await
             {

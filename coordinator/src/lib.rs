@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod fleet;
 pub mod grpc;
 pub mod journal;
+pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod report;

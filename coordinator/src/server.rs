@@ -26,6 +26,7 @@ use crate::{
     fleet::Fleet,
     grpc::{TlsListener, agent::AgentStreams, authz::AuthzLayer, fleet::FleetApi},
     journal::Journal,
+    metrics::MetricsServer,
     store::{DynamoStore, EmbeddedStore, LeaderState, Lease, LeaseSettings, Store, system_clock},
 };
 
@@ -59,6 +60,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub fleet: Fleet,
     shutdown: CancellationToken,
     served: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -235,6 +238,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         async move {
             loop {
                 let state = leader_state.borrow_and_update().clone();
+                crate::metrics::global().leadership(state.token());
                 match &state {
                     LeaderState::Leader { .. } => {
                         redirect_tx.send_replace(None);
@@ -269,6 +273,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )
         .instrument(tracing::info_span!("event_recorder")),
     );
+    tokio::spawn(
+        crate::metrics::count_fleet_events(fleet.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("fleet_event_metrics")),
+    );
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let metrics = MetricsServer {
+                listener: TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            };
+            let bound = metrics
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tokio::spawn(
+                metrics
+                    .run(shutdown.clone())
+                    .instrument(tracing::info_span!("metrics", addr = %bound)),
+            );
+            // Plain HTTP: the config docs say to keep it on loopback or a private interface.
+            tracing::info!(addr = %bound, "serving Prometheus metrics at http://{bound}/metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -312,6 +341,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(%addr, %advertise, coordinator = %config.coordinator_id, dry_run = config.dry_run, "coordinator serving");
     Ok(Running {
         addr,
+        metrics_addr,
         fleet,
         shutdown,
         served,

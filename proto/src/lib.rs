@@ -5,11 +5,13 @@
 //! - [`identity`]: SPIFFE-style identities carried in certificate URI SANs and the roles they bind.
 //! - [`tls`]: rustls server and client configurations for mutual TLS, and a reloader that swaps
 //!   them when the certificate files change on disk.
+//! - [`exposition`]: the Prometheus text format of the `/metrics` endpoints.
 //!
 //! This crate must not depend on agent or coordinator logic, on the AWS SDK, or on any I/O beyond
 //! reading certificate files.
 
 pub mod config;
+pub mod exposition;
 pub mod identity;
 pub mod tls;
 

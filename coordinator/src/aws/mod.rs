@@ -164,7 +164,10 @@ where
         attempt += 1;
         let outcome = tokio::time::timeout(settings.call_timeout, call()).await;
         let (message, code, retryable) = match outcome {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                crate::metrics::global().aws_call(operation, "ok");
+                return Ok(value);
+            }
             Ok(Err(error)) => {
                 let retryable = is_retryable(&error);
                 let (message, code) = describe(&error);
@@ -177,6 +180,7 @@ where
             ),
         };
         if !retryable || attempt >= settings.max_attempts {
+            crate::metrics::global().aws_call(operation, "failed");
             return Err(AwsError {
                 operation,
                 message,
@@ -185,6 +189,7 @@ where
                 attempts: attempt,
             });
         }
+        crate::metrics::global().aws_call(operation, "retried");
         let wait = backoff(attempt, settings.base_backoff, settings.max_backoff);
         tracing::warn!(operation, attempt, error = %message, ?wait, "AWS call failed; retrying");
         tokio::time::sleep(wait).await;

@@ -112,6 +112,7 @@ impl AgentService for AgentStreams {
             // Three missed heartbeats and the stream is considered dead.
             silence: heartbeat_interval * 3,
             redirect: self.redirect.clone(),
+            _connected: crate::metrics::ConnectedAgent::new(),
         };
         let span = tracing::info_span!("agent_stream", instance = %own_id, remote = %peer.remote);
         tokio::spawn(stream.run(self.shutdown.clone()).instrument(span));
@@ -126,6 +127,8 @@ struct AgentStream {
     outbound: Outbound,
     silence: Duration,
     redirect: watch::Receiver<Option<String>>,
+    /// Keeps the stream in `autoheal_agents_connected` until it ends.
+    _connected: crate::metrics::ConnectedAgent,
 }
 
 impl AgentStream {
@@ -193,6 +196,7 @@ impl AgentStream {
         match msg.kind {
             Some(agent_message::Kind::Heartbeat(hb)) => {
                 let hb = Heartbeat::try_from(hb)?;
+                crate::metrics::global().heartbeats.inc();
                 match self.fleet.heartbeat(&self.session, &hb) {
                     Some(acked) => Ok(ack(acked)),
                     None => Err(Status::aborted("superseded by a newer stream")),
@@ -200,7 +204,10 @@ impl AgentStream {
             }
             Some(agent_message::Kind::Event(ev)) => {
                 let ev = Event::try_from(ev)?;
-                match self.fleet.event(&self.session, &ev) {
+                let recorded = self.fleet.event(&self.session, &ev);
+                crate::metrics::global()
+                    .agent_event(&ev.kind, matches!(recorded, Recorded::Duplicate { .. }));
+                match recorded {
                     Recorded::New { acked_seq } | Recorded::Duplicate { acked_seq } => {
                         Ok(ack(acked_seq))
                     }

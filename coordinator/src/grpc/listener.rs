@@ -122,9 +122,13 @@ impl TlsListener {
                                     let _ = tx.send(Ok(stream)).await;
                                 }
                                 Ok(Err(error)) => {
+                                    crate::metrics::global().tls_refused("refused");
                                     tracing::info!(%remote, %error, "TLS handshake refused");
                                 }
-                                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                                Err(_) => {
+                                    crate::metrics::global().tls_refused("timeout");
+                                    tracing::info!(%remote, "TLS handshake timed out");
+                                }
                             }
                         }
                         .instrument(tracing::debug_span!("handshake")),
