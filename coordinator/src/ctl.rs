@@ -29,8 +29,53 @@ pub fn connect(endpoint: &str, files: &TlsFiles) -> anyhow::Result<Client> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// After a call failed on the connection: redo the TLS handshake by hand to learn why. Under
+/// TLS 1.3 the server judges our certificate after the handshake looks done to us, and its alert
+/// ("unknown CA", "certificate expired") is lost inside the HTTP/2 connection error.
+pub async fn diagnose_tls(endpoint: &str, files: &TlsFiles) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (host, port) = tls::split_endpoint(endpoint).ok()?;
+    let config = Arc::new(tls::client_config(files.load().ok()?).ok()?);
+    let name = rustls_pki_types::ServerName::try_from(host.clone()).ok()?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let mut stream = match tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return Some(format!("TLS handshake failed: {e}")),
+    };
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 9];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Err(e)) => Some(e.to_string()),
+        Ok(Ok(0)) => Some("the coordinator closed the connection".to_owned()),
+        _ => None,
+    }
+}
+
 /// One line that says what went wrong, in the words an operator searches for.
-pub fn explain(status: &tonic::Status, endpoint: &str) -> String {
+pub fn explain(status: &tonic::Status, endpoint: &str, tls: Option<&str>) -> String {
+    if let Some(why) = tls {
+        let lower = why.to_lowercase();
+        if lower.contains("alert") || lower.contains("certificate") || lower.contains("closed") {
+            return format!(
+                "certificate refused by the coordinator at {endpoint}: {why} (is --cert signed by the fleet CA, unexpired, in its trust domain?)"
+            );
+        }
+        if lower.contains("handshake") {
+            return format!("TLS with the coordinator at {endpoint} failed: {why}");
+        }
+    }
     let mut chain = String::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(s) = source {

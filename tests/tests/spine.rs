@@ -546,3 +546,65 @@ async fn pause_survives_a_coordinator_restart() {
     assert_eq!(json["pause"]["paused"], true, "{json}");
     assert_eq!(json["pause"]["reason"], "db migration");
 }
+
+#[tokio::test]
+async fn autohealctl_reads_a_config_file_and_explains_failures_in_one_line() {
+    let pki = Pki::new();
+    let coordinator = Coordinator::start(&pki, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("autohealctl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint = \"{}\"\npki = \"{}\"\n",
+            coordinator.endpoint(),
+            pki.path().display()
+        ),
+    )
+    .expect("write");
+    let ctl = || {
+        let mut c = std::process::Command::new(autoheal_tests::bin("autohealctl"));
+        c.env_remove("AUTOHEAL_ENDPOINT").env("HOME", dir.path());
+        c
+    };
+    let out = ctl()
+        .args(["--config"])
+        .arg(&config)
+        .arg("status")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 instances"));
+
+    // Nobody listening: one line that says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("addr");
+    let out = ctl()
+        .arg("--config")
+        .arg(&config)
+        .args(["--endpoint", &closed.to_string(), "status"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // A certificate from another CA: refused, and said so.
+    let other = Pki::new();
+    let out = ctl()
+        .args(["--endpoint", &coordinator.endpoint()])
+        .arg("--ca")
+        .arg(pki.path().join("ca.pem"))
+        .arg("--cert")
+        .arg(other.operator().cert)
+        .arg("--key")
+        .arg(other.operator().key)
+        .arg("status")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate refused"), "{stderr}");
+}

@@ -28,14 +28,14 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Conn {
-    /// Coordinator address, host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "AUTOHEAL_ENDPOINT",
-        default_value = "127.0.0.1:7443"
-    )]
-    endpoint: String,
+    /// A TOML file with `endpoint`, `pki` or `ca`/`cert`/`key` (relative paths resolve against
+    /// the file's folder). Flags and AUTOHEAL_* variables override it. Default:
+    /// ~/.config/autoheal/autohealctl.toml when it exists.
+    #[arg(long, global = true, env = "AUTOHEAL_CTL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator address, host:port [default: 127.0.0.1:7443].
+    #[arg(long, global = true, env = "AUTOHEAL_ENDPOINT")]
+    endpoint: Option<String>,
     /// A folder made by `certs init`: uses its ca.pem and operator-admin certificate, unless
     /// --ca/--cert/--key say otherwise.
     #[arg(long, global = true, env = "AUTOHEAL_PKI")]
@@ -174,19 +174,51 @@ fn main() -> ExitCode {
     }
 }
 
-fn tls_files(conn: &Conn) -> anyhow::Result<TlsFiles> {
+/// `autohealctl.toml`: the same settings as the flags.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConn {
+    endpoint: Option<String>,
+    pki: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Flags and environment first, then the config file.
+fn resolve(mut conn: Conn) -> anyhow::Result<(String, TlsFiles)> {
+    let default_file = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".config/autoheal/autohealctl.toml"))
+        .filter(|p| p.exists());
+    if let Some(path) = conn.config.clone().or(default_file) {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: FileConn =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
+        conn.endpoint = conn.endpoint.or(file.endpoint);
+        conn.pki = conn.pki.or(rel(file.pki));
+        conn.ca = conn.ca.or(rel(file.ca));
+        conn.cert = conn.cert.or(rel(file.cert));
+        conn.key = conn.key.or(rel(file.key));
+    }
     let from_pki = |name: &str| conn.pki.as_ref().map(|d| d.join(name));
     let pick = |explicit: &Option<PathBuf>, default: &str, flag: &str| {
         explicit
             .clone()
             .or_else(|| from_pki(default))
-            .with_context(|| format!("{flag} is required (or --pki DIR / AUTOHEAL_PKI)"))
+            .with_context(|| {
+                format!("{flag} is required (or --pki DIR / AUTOHEAL_PKI, or a config file)")
+            })
     };
-    Ok(TlsFiles {
+    let files = TlsFiles {
         ca: pick(&conn.ca, "ca.pem", "--ca")?,
         cert: pick(&conn.cert, "operator-admin.pem", "--cert")?,
         key: pick(&conn.key, "operator-admin-key.pem", "--key")?,
-    })
+    };
+    let endpoint = conn.endpoint.unwrap_or_else(|| "127.0.0.1:7443".to_owned());
+    Ok((endpoint, files))
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -210,18 +242,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let files = tls_files(&cli.conn)?;
+    let (endpoint, files) = resolve(cli.conn)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let endpoint = cli.conn.endpoint.clone();
     runtime.block_on(async move {
         let mut client = ctl::connect(&endpoint, &files)?;
         match call(&mut client, cli.command, cli.output).await {
             Ok(code) => Ok(code),
             Err(status) => {
-                eprintln!("autohealctl: {}", ctl::explain(&status, &endpoint));
+                let tls = if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ) {
+                    ctl::diagnose_tls(&endpoint, &files).await
+                } else {
+                    None
+                };
+                eprintln!(
+                    "autohealctl: {}",
+                    ctl::explain(&status, &endpoint, tls.as_deref())
+                );
                 Ok(ExitCode::FAILURE)
             }
         }
