@@ -28,6 +28,8 @@ pub enum Fault {
     Unavailable,
     /// Forward, but only after this long.
     Delay(Duration),
+    /// HTTP 403 AccessDenied: what bad or missing credentials get.
+    AccessDenied,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +196,20 @@ async fn handle(
                 400,
                 "text/xml",
                 "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded (fault proxy)</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>".into(),
+            ));
+        }
+        Some(Fault::AccessDenied) if json => {
+            return Ok(respond(
+                400,
+                "application/x-amz-json-1.1",
+                r#"{"__type":"AccessDeniedException","message":"User is not authorized (fault proxy)"}"#.into(),
+            ));
+        }
+        Some(Fault::AccessDenied) => {
+            return Ok(respond(
+                403,
+                "text/xml",
+                "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform this action (fault proxy)</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>".into(),
             ));
         }
         Some(Fault::ServerError) => {

@@ -38,6 +38,10 @@ const AWS_ENV: &[(&str, &str)] = &[
 ];
 
 async fn world(extra_env: &[(&str, &str)], tuning: &str) -> World {
+    world_selecting(extra_env, tuning, r#"asg_names = ["web"]"#).await
+}
+
+async fn world_selecting(extra_env: &[(&str, &str)], tuning: &str, selector: &str) -> World {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.addr).await;
     let fleet = moto.fleet("web", 3);
@@ -51,7 +55,7 @@ async fn world(extra_env: &[(&str, &str)], tuning: &str) -> World {
 [aws]
 region = "us-east-1"
 endpoint = "{endpoint}"
-asg_names = ["web"]
+{selector}
 interval = "300ms"
 call_timeout = "5s"
 
@@ -66,6 +70,7 @@ asg_cooldown = "0s"
 {tuning}
 "#,
         endpoint = proxy.endpoint(),
+        selector = selector,
     );
     let mut env = AWS_ENV.to_vec();
     env.extend_from_slice(extra_env);
@@ -170,7 +175,8 @@ async fn escalated_instance_is_deregistered_then_replaced_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_server_errors_are_retried_until_the_action_completes() {
-    let w = world(&[], "").await;
+    // Groups found by tag this time (autoheal:enabled=true, set by the fixture).
+    let w = world_selecting(&[], "", r#"asg_tag = "autoheal:enabled=true""#).await;
     settled(&w).await;
     w.proxy
         .inject("DeregisterTargets", &[Fault::Throttle, Fault::ServerError]);
@@ -381,4 +387,64 @@ async fn a_shared_dependency_outage_is_held_by_the_brake() {
         "replacing instances can't fix a shared database"
     );
     assert_eq!(w.proxy.count("SetInstanceHealth"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_no_managed_group_knows_is_reported_and_never_acted_on() {
+    let w = world(&[], "").await;
+    settled(&w).await;
+    let stranger = "i-0stranger000000001";
+    let files = w
+        .pki
+        .issue(Role::Instance(stranger.into()), Validity::default());
+    let agent = SimAgent::spawn(w.coordinator.addr, files, stranger, "us-east-1a");
+    agent.escalate("web", "restarts exhausted");
+    let coordinator = &w.coordinator;
+    let pki = &w.pki;
+    eventually(WAIT, "the stranger to be reported", || async {
+        let out = coordinator.ctl(&pki.viewer(), &["events", "--instance", stranger]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("unknown-instance")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.proxy.count("DeregisterTargets"), 0);
+    assert_eq!(w.proxy.count("SetInstanceHealth"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_is_reported_at_once_and_retried_at_the_next_pass() {
+    let w = world(&[], "").await;
+    settled(&w).await;
+    w.proxy.inject("DeregisterTargets", &[Fault::AccessDenied]);
+    let victim = w.fleet.instances[0].0.clone();
+    w.agents[0].escalate("web", "restarts exhausted");
+    let coordinator = &w.coordinator;
+    let pki = &w.pki;
+    eventually(WAIT, "the failure in the journal", || async {
+        let out = coordinator.ctl(
+            &pki.viewer(),
+            &["--output", "json", "actions", "--instance", &victim],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        json.as_array()?
+            .iter()
+            .any(|a| {
+                a["status"] == "failed"
+                    && a["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("AccessDenied"))
+            })
+            .then_some(())
+    })
+    .await;
+    // Not retried within the call (a client error), but not dropped either: the ladder decides
+    // again, and with the permission back the action completes.
+    replaced(&w, &victim).await;
+    assert_eq!(
+        w.proxy.count("DeregisterTargets"),
+        2,
+        "one denied, one that worked"
+    );
 }
