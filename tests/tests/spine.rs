@@ -608,3 +608,41 @@ async fn autohealctl_reads_a_config_file_and_explains_failures_in_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("certificate refused"), "{stderr}");
 }
+
+#[tokio::test]
+async fn server_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let pki = Pki::new();
+    let coordinator = Coordinator::start(&pki, "");
+    let channel = autoheal_proto::tls::channel(
+        &coordinator.endpoint(),
+        client_config(&pki.viewer()),
+        Duration::from_secs(5),
+    )
+    .expect("channel");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list, got {answer:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "autoheal.v1.AgentService",
+        "autoheal.v1.FleetService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+}
