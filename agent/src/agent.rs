@@ -1,7 +1,7 @@
 //! Wires the tasks together: per service a supervisor, its check tasks and its process task;
 //! the reporter (when a coordinator is configured) and the status socket.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -12,11 +12,24 @@ use crate::{
     check::{CheckTask, Control},
     clock::SharedClock,
     config::{Config, IdentitySource},
+    metrics::{Metrics, MetricsServer},
     reporter::{Reporter, ReporterStatus},
     service::{Supervisor, initial_snapshot},
     state::{EventSink, ServiceSnapshot},
     status::{self, StatusError, StatusServer},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A running agent: its tasks and what they publish.
 #[derive(Debug)]
@@ -27,6 +40,9 @@ pub struct Agent {
     pub reporter: Option<watch::Receiver<ReporterStatus>>,
     pub paused: watch::Sender<bool>,
     pub events: EventSink,
+    pub metrics: Metrics,
+    /// Where `/metrics` is served, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -36,8 +52,13 @@ impl Agent {
         config: Config,
         clock: SharedClock,
         shutdown: CancellationToken,
-    ) -> Result<Self, StatusError> {
+    ) -> Result<Self, StartError> {
         let listener = status::bind(&config.status_socket)?;
+        let metrics_listener = config
+            .metrics_listen
+            .map(|addr| bind_tcp(addr).map_err(|source| StartError::Metrics { addr, source }))
+            .transpose()?;
+        let metrics = Metrics::new();
         let tasks = TaskTracker::new();
         let (paused_tx, paused_rx) = watch::channel(false);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -61,6 +82,7 @@ impl Agent {
                     results: results_tx.clone(),
                     control: control_rx.clone(),
                     clock: clock.clone(),
+                    metrics: metrics.check(&s.name, &c.name),
                 };
                 let span = tracing::info_span!("check", service = %s.name, check = %c.name);
                 tasks.spawn(task.run(shutdown.clone()).instrument(span));
@@ -97,6 +119,7 @@ impl Agent {
                 paused: paused_rx.clone(),
                 events: events.clone(),
                 state,
+                metrics: metrics.service(&s.name),
             };
             tasks.spawn(
                 supervisor
@@ -116,6 +139,7 @@ impl Agent {
                 paused: paused_tx.clone(),
                 status: status_tx,
                 clock: clock.clone(),
+                metrics: metrics.clone(),
             };
             tasks.spawn(
                 reporter
@@ -142,6 +166,24 @@ impl Agent {
                 tracing::info_span!("status", socket = %config.status_socket.display()),
             ),
         );
+        let mut metrics_addr = None;
+        if let Some(listener) = metrics_listener {
+            let server = MetricsServer {
+                listener,
+                metrics: metrics.clone(),
+                services: services.values().cloned().collect(),
+                reporter: reporter.clone(),
+            };
+            let addr = server.local_addr().ok();
+            metrics_addr = addr;
+            // Plain HTTP: the docs say to keep it on loopback or a private interface.
+            tracing::info!(?addr, "serving Prometheus metrics on /metrics");
+            tasks.spawn(
+                server
+                    .run(shutdown.clone())
+                    .instrument(tracing::info_span!("metrics")),
+            );
+        }
         tasks.close();
         Ok(Self {
             tasks,
@@ -150,6 +192,8 @@ impl Agent {
             reporter,
             paused: paused_tx,
             events,
+            metrics,
+            metrics_addr,
         })
     }
 
@@ -170,4 +214,11 @@ impl Agent {
     pub fn snapshot(&self, service: &str) -> Option<ServiceSnapshot> {
         self.services.get(service).map(|rx| rx.borrow().clone())
     }
+}
+
+/// Binds at start (not in the task) so a taken port fails the start, like the status socket.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }

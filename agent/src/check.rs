@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{clock::SharedClock, config::CheckConfig, probe};
+use crate::{clock::SharedClock, config::CheckConfig, metrics::CheckMetrics, probe};
 
 /// Probe period while a restart is being verified (bounded by the check's own interval).
 pub const FAST_INTERVAL: Duration = Duration::from_millis(100);
@@ -33,6 +33,7 @@ pub struct CheckTask {
     pub results: mpsc::Sender<ProbeResult>,
     pub control: watch::Receiver<Control>,
     pub clock: SharedClock,
+    pub metrics: CheckMetrics,
 }
 
 impl CheckTask {
@@ -65,11 +66,13 @@ impl CheckTask {
                     generation = c.generation;
                     continue 'generation;
                 }
+                let started = std::time::Instant::now();
                 let outcome = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
                     o = probe::run(&self.config.probe, self.config.timeout) => o,
                 };
+                self.metrics.observe(outcome.ok, started.elapsed());
                 let result = ProbeResult {
                     index: self.index,
                     generation,

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     pub identity: Option<RawIdentity>,
     pub status: Option<RawStatus>,
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,
 }
@@ -58,6 +59,11 @@ pub struct RawIdentity {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStatus {
     pub socket: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +141,8 @@ pub struct Config {
     pub coordinator: Option<CoordinatorConfig>,
     pub identity: IdentitySource,
     pub status_socket: PathBuf,
+    /// Plain-HTTP Prometheus `/metrics`; `None` (no `[metrics]`): not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -363,6 +371,22 @@ impl Config {
             .map(|s| base.join(s))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
 
+        let metrics_listen = raw.metrics.and_then(|m| match m.listen.as_deref() {
+            None => {
+                errors.push(
+                    "metrics.listen",
+                    "required in [metrics]: e.g. \"127.0.0.1:9465\" (or remove [metrics])",
+                );
+                None
+            }
+            Some(l) => l.parse::<SocketAddr>().map_err(|_| {
+                errors.push(
+                    "metrics.listen",
+                    format!("{l:?} is not an address: use e.g. \"127.0.0.1:9465\" (plain HTTP: keep it on loopback or a private interface)"),
+                );
+            }).ok(),
+        });
+
         let mut services = Vec::new();
         for (name, raw) in &raw.services {
             services.push(service(name, raw, base, &mut errors));
@@ -374,6 +398,7 @@ impl Config {
             coordinator,
             identity,
             status_socket,
+            metrics_listen,
             services,
         })
     }
@@ -1338,5 +1363,20 @@ mod tests {
             }
         );
         assert_eq!(c.status_socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(c.metrics_listen, None, "metrics are opted into");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9465\"\n", Path::new("/"))
+            .expect("valid");
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+        );
+        for bad in ["[metrics]\nlisten = \"localhost\"\n", "[metrics]\n"] {
+            let errors = Config::parse(bad, Path::new("/")).expect_err(bad);
+            assert_eq!(errors.errors[0].path, "metrics.listen", "{bad}: {errors}");
+        }
     }
 }

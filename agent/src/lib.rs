@@ -8,6 +8,7 @@
 //! - [`service`], [`action`]: a service's supervisor and its process side.
 //! - [`reporter`]: the coordinator stream, event numbering, buffering and replay.
 //! - [`status`]: the local 0600 unix socket `autoheal-agent status` reads.
+//! - [`metrics`]: Prometheus counters and the optional plain-HTTP `/metrics` endpoint.
 //!
 //! Healing must never depend on the coordinator: nothing here waits on the reporter. This crate
 //! must not depend on the coordinator crate or on any AWS SDK.
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod reporter;

@@ -19,6 +19,7 @@ use crate::{
     clock::{self, SharedClock},
     config::{CoordinatorConfig, IdentitySource},
     identity::{self, InstanceIdentity},
+    metrics::Metrics,
     state::{Emitted, ServiceSnapshot},
 };
 
@@ -140,6 +141,7 @@ pub struct Reporter {
     pub paused: watch::Sender<bool>,
     pub status: watch::Sender<ReporterStatus>,
     pub clock: SharedClock,
+    pub metrics: Metrics,
 }
 
 enum End {
@@ -167,7 +169,11 @@ impl Reporter {
         let mut next_endpoint = 0usize;
         let mut redirect: Option<String> = None;
         let mut delay = Duration::ZERO;
+        let mut first_attempt = true;
         loop {
+            if !std::mem::take(&mut first_attempt) {
+                self.metrics.reconnected();
+            }
             if !delay.is_zero() {
                 let until = self.clock.now() + delay;
                 if !self.drain_until(&shutdown, &mut buffer, until).await {

@@ -20,6 +20,7 @@ use crate::{
     check::{Control, ProbeResult},
     clock::{self, SharedClock},
     config::{Action, ServiceConfig},
+    metrics::ServiceMetrics,
     policy::{FlapDetector, RestartBudget, Threshold, Verdict},
     probe::Outcome,
     state::{CheckSnapshot, EventSink, ServiceSnapshot, ServiceState},
@@ -40,6 +41,7 @@ pub struct Supervisor {
     pub paused: watch::Receiver<bool>,
     pub events: EventSink,
     pub state: watch::Sender<ServiceSnapshot>,
+    pub metrics: ServiceMetrics,
 }
 
 #[derive(Debug)]
@@ -342,6 +344,7 @@ impl Supervisor {
     }
 
     fn record_attempt(&self, s: &mut Inner, record: v1::RestartAttempted) {
+        self.metrics.restart(record.succeeded);
         self.events.emit(
             self.clock.wall(),
             v1::event::Kind::RestartAttempted(record.clone()),
@@ -631,6 +634,7 @@ impl Supervisor {
             );
         }
         tracing::error!(service = %self.config.name, %reason, "local healing exhausted; escalating");
+        self.metrics.escalated();
         self.events.emit(
             self.clock.wall(),
             v1::event::Kind::Escalated(v1::Escalated {
