@@ -629,3 +629,32 @@ mod tests {
         assert_eq!(errors.errors[0].path, "agents.heartbeat");
     }
 }
+
+/// Stand-in for a fuzz target: no input makes the config parser panic, and every rejection says
+/// where.
+#[cfg(test)]
+mod robustness {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_rejected_with_paths(text in "(\\\\PC|\\n|=|\\[|\\]|\"){0,300}") {
+            if let Err(errors) = Config::from_toml(&text, Path::new(".")) {
+                prop_assert!(!errors.errors.is_empty());
+                prop_assert!(errors.errors.iter().all(|e| !e.path.is_empty() && !e.message.is_empty()));
+            }
+        }
+
+        #[test]
+        fn mutated_configs_never_panic(
+            listen in ".{0,30}", td in ".{0,30}", hb in ".{0,12}", n in any::<i64>(),
+        ) {
+            let text = format!(
+                "listen = {listen:?}\ntrust_domain = {td:?}\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[agents]\nheartbeat_interval = {hb:?}\nmax_concurrent_handshakes = {n}\n"
+            );
+            let _ = Config::from_toml(&text, Path::new("."));
+        }
+    }
+}

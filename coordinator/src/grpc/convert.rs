@@ -390,3 +390,147 @@ mod tests {
         );
     }
 }
+
+/// Stand-in for a fuzz target (no nightly toolchain here for cargo-fuzz): whatever arrives on the
+/// wire, conversion never panics, and a rejection always names a field.
+#[cfg(test)]
+mod robustness {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+        proptest::option::of(
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+        )
+    }
+
+    fn any_check() -> impl Strategy<Value = v1::CheckSpec> {
+        (".{0,200}", ".{0,20}", ".{0,20}", any_duration()).prop_map(
+            |(name, kind, dependency, interval)| v1::CheckSpec {
+                name,
+                kind,
+                dependency,
+                interval,
+            },
+        )
+    }
+
+    fn any_hello() -> impl Strategy<Value = v1::Hello> {
+        (
+            ".{0,80}",
+            ".{0,40}",
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(
+                (
+                    ".{0,150}",
+                    ".{0,20}",
+                    proptest::collection::vec(any_check(), 0..4),
+                ),
+                0..4,
+            ),
+        )
+            .prop_map(|(instance_id, az, epoch, last_seq, services)| v1::Hello {
+                instance_id,
+                availability_zone: az,
+                agent_version: "x".into(),
+                epoch,
+                last_seq,
+                services: services
+                    .into_iter()
+                    .map(|(name, unit, checks)| v1::ServiceSpec {
+                        name,
+                        unit,
+                        depends_on: vec![],
+                        checks,
+                    })
+                    .collect(),
+                healing_paused: false,
+            })
+    }
+
+    fn any_event() -> impl Strategy<Value = v1::Event> {
+        (
+            any::<u64>(),
+            proptest::option::of((any::<i64>(), any::<i32>())),
+            any::<i32>(),
+            any::<i32>(),
+            ".{0,50}",
+            0u8..7,
+        )
+            .prop_map(|(seq, at, a, b, text, which)| {
+                use v1::event::Kind;
+                let kind = match which {
+                    0 => None,
+                    1 => Some(Kind::CheckChanged(v1::CheckChanged {
+                        service: text.clone(),
+                        check: text,
+                        status: a,
+                        detail: String::new(),
+                    })),
+                    2 => Some(Kind::ServiceStateChanged(v1::ServiceStateChanged {
+                        service: text,
+                        from: a,
+                        to: b,
+                        reason: String::new(),
+                    })),
+                    3 => Some(Kind::RestartAttempted(v1::RestartAttempted {
+                        service: text,
+                        attempt: 1,
+                        succeeded: false,
+                        detail: String::new(),
+                        took: Some(prost_types::Duration {
+                            seconds: i64::from(a),
+                            nanos: b,
+                        }),
+                    })),
+                    4 => Some(Kind::DependencyChanged(v1::DependencyChanged {
+                        dependency: text.clone(),
+                        check: text,
+                        failing: true,
+                        detail: String::new(),
+                    })),
+                    5 => Some(Kind::EventsDropped(v1::EventsDropped {
+                        count: 1,
+                        first_seq: u64::from(a.unsigned_abs()),
+                        last_seq: u64::from(b.unsigned_abs()),
+                    })),
+                    _ => Some(Kind::Escalated(v1::Escalated {
+                        service: text,
+                        reason: String::new(),
+                        last_results: vec![v1::CheckResult {
+                            check: "c".into(),
+                            status: a,
+                            detail: String::new(),
+                            at: None,
+                        }],
+                        attempts: vec![],
+                    })),
+                };
+                v1::Event {
+                    seq,
+                    at: at.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                    kind,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn hello_conversion_never_panics_and_names_the_field(hello in any_hello()) {
+            if let Err(e) = Hello::try_from(hello) {
+                prop_assert!(e.field.starts_with("hello."), "{e}");
+                prop_assert!(!e.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn event_conversion_never_panics_and_names_the_field(event in any_event()) {
+            if let Err(e) = Event::try_from(event) {
+                prop_assert!(e.field.starts_with("event."), "{e}");
+            }
+        }
+    }
+}
