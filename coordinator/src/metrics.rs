@@ -177,6 +177,17 @@ impl Metrics {
             "Incoming TLS handshakes refused (bad or missing client certificate) or timed out, by reason",
             m.tls_refused.clone(),
         );
+        // Series known up front start at zero, so a rate() has a baseline before the first one.
+        for kind in ["act", "would-act", "hold", "alert", "wait", "finished"] {
+            let _ = m.decisions.get_or_create_owned(&KindLabel {
+                kind: kind.to_owned(),
+            });
+        }
+        for reason in ["refused", "timeout"] {
+            let _ = m.tls_refused.get_or_create_owned(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+        }
         Self { registry, ..m }
     }
 
