@@ -118,6 +118,9 @@ pub struct Controller {
     view: watch::Sender<Option<Arc<ControlView>>>,
     commands: mpsc::Receiver<Command>,
     lease: LeaseHandle,
+    store: Arc<dyn crate::store::Store>,
+    /// What the store holds of each remediation, so only changes are written.
+    persisted: HashMap<String, serde_json::Value>,
     /// The fencing token of the term this controller is leading in; `None` while following.
     token: Option<u64>,
     reconciled: bool,
@@ -161,6 +164,7 @@ impl Controller {
         journal: Arc<Journal>,
         settings: Settings,
         lease: LeaseHandle,
+        store: Arc<dyn crate::store::Store>,
     ) -> (Self, Handle) {
         let (view, view_rx) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(16);
@@ -182,6 +186,8 @@ impl Controller {
             view,
             commands,
             lease,
+            store,
+            persisted: HashMap::new(),
             token: None,
             reconciled: false,
         };
@@ -250,6 +256,34 @@ impl Controller {
             tracing::warn!(%error, "cannot read the pause and skips at the start of a term; not acting");
             return false;
         }
+        // The ladders, cooldowns and concurrency slots of earlier terms.
+        match self.store.remediations().await {
+            Ok(stored) => {
+                let mut records = Vec::new();
+                for (id, value) in &stored {
+                    match crate::book::from_json(value) {
+                        Some(r) => records.push(r),
+                        None => {
+                            tracing::warn!(instance = %id, "unreadable remediation record ignored")
+                        }
+                    }
+                }
+                match policy::RemediationBook::restore(records) {
+                    Ok(book) => {
+                        self.book = book;
+                        self.persisted = stored.into_iter().collect();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot restore the remediation book; not acting");
+                        return false;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::tls_chain(&error), "cannot read remediation state at the start of a term; not acting");
+                return false;
+            }
+        }
         tracing::info!(token, "leading: acting with this fencing token");
         self.fleet.record_event(
             "",
@@ -258,6 +292,36 @@ impl Controller {
         );
         self.token = Some(token);
         self.reconciled = false;
+        true
+    }
+
+    /// Writes every remediation that changed since the last write. `false`: not durable (or
+    /// fenced), so don't act on it.
+    async fn persist_book(&mut self) -> bool {
+        let Some(token) = self.token else {
+            return false;
+        };
+        let changed: Vec<(String, serde_json::Value)> = self
+            .book
+            .iter()
+            .map(|r| (r.instance.to_string(), crate::book::to_json(r)))
+            .filter(|(id, v)| self.persisted.get(id) != Some(v))
+            .collect();
+        for (id, value) in changed {
+            match self.store.set_remediation(&id, Some(&value), token).await {
+                Ok(()) => {
+                    self.persisted.insert(id, value);
+                }
+                Err(error) => {
+                    if error.is_fenced() {
+                        self.lease.report_fenced(token).await;
+                        self.token = None;
+                    }
+                    tracing::warn!(error = %crate::tls_chain(&error), "cannot persist remediation state; not acting");
+                    return false;
+                }
+            }
+        }
         true
     }
 
@@ -381,6 +445,39 @@ impl Controller {
                 "action-reconciled",
                 format!("{}: {detail}", intent.step.as_str()),
             );
+            // Tell the ladder what happened, so it moves on now rather than after a timeout.
+            let id = policy::InstanceId::new(intent.instance_id.clone());
+            let outcome = match (done, intent.step) {
+                (true, Step::Deregister | Step::Drain) => policy::Outcome::Deregistered {
+                    target_groups: intent
+                        .target_groups
+                        .iter()
+                        .map(|t| policy::TargetGroup::new(t.clone()))
+                        .collect(),
+                },
+                (true, Step::Replace | Step::Terminate) => policy::Outcome::ReplaceRequested,
+                _ => policy::Outcome::Failed {
+                    error: "interrupted by a coordinator restart or a change of leader".to_owned(),
+                },
+            };
+            let _ = self.book.record(&id, outcome, ts(SystemTime::now()));
+        }
+        // Steps a previous term decided but never started (no intent in the journal): decide
+        // them again now.
+        let unstarted: Vec<policy::InstanceId> = self
+            .book
+            .in_flight()
+            .filter(|r| matches!(r.stage, policy::Stage::Requested { .. }))
+            .map(|r| r.instance.clone())
+            .collect();
+        for id in unstarted {
+            let _ = self.book.record(
+                &id,
+                policy::Outcome::Failed {
+                    error: "decided by a previous leader but never started".to_owned(),
+                },
+                ts(SystemTime::now()),
+            );
         }
     }
 
@@ -434,6 +531,10 @@ impl Controller {
             {
                 tracing::warn!(%error, "cannot journal a dry-run decision");
             }
+        }
+        // Write-ahead: the book as decided is durable before any action it asks for.
+        if !self.persist_book().await {
+            return;
         }
         let actions: Vec<(policy::Decision, policy::Action)> = plan
             .executable()

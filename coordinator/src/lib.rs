@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod aws_actions;
+pub mod book;
 pub mod config;
 pub mod control;
 pub mod ctl;

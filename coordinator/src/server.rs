@@ -199,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 respect_grace: aws.respect_grace_period,
             },
             leadership.clone(),
+            store.clone(),
         );
         control = Some(handle);
         tokio::spawn(

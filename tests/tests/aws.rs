@@ -448,3 +448,39 @@ async fn access_denied_is_reported_at_once_and_retried_at_the_next_pass() {
         "one denied, one that worked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldowns_survive_a_coordinator_restart() {
+    let mut w = world(&[], "\n[guardrails.asg.web]\nasg_cooldown = \"10m\"").await;
+    settled(&w).await;
+    let first = w.fleet.instances[0].0.clone();
+    w.agents[0].escalate("web", "restarts exhausted");
+    replaced(&w, &first).await;
+
+    // SIGKILL and restart on the same address: the book comes back from the store, and the
+    // agents reconnect by themselves.
+    w.coordinator.restart();
+    settled(&w).await;
+    w.agents[1].escalate("web", "restarts exhausted");
+    let coordinator = &w.coordinator;
+    let pki = &w.pki;
+    eventually(
+        WAIT,
+        "the ASG cooldown to hold the second remediation",
+        || async {
+            let out = coordinator.ctl(&pki.viewer(), &["--output", "json", "status"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            json["groups"]
+                .to_string()
+                .contains("asg_cooldown")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.proxy.count("DeregisterTargets"),
+        1,
+        "held by the persisted cooldown"
+    );
+}
