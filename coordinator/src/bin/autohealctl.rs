@@ -414,35 +414,27 @@ async fn call(
                 );
             }
         }
-        Command::Skip { id, reason } => {
+        command @ (Command::Skip { .. } | Command::Unskip { .. }) => {
+            let (id, reason, skip) = match command {
+                Command::Skip { id, reason } => (id, reason, true),
+                Command::Unskip { id, reason } => (id, reason, false),
+                _ => unreachable!("matched above"),
+            };
             let i = client
                 .set_skip(v1::SetSkipRequest {
                     instance_id: id,
-                    skip: true,
+                    skip,
                     reason,
                 })
                 .await?
                 .into_inner();
             if json {
                 print_json(&ctl::summary_json(&i));
-            } else {
+            } else if skip {
                 println!(
                     "{} is skipped: no automatic remediation until `autohealctl unskip`",
                     i.instance_id
                 );
-            }
-        }
-        Command::Unskip { id, reason } => {
-            let i = client
-                .set_skip(v1::SetSkipRequest {
-                    instance_id: id,
-                    skip: false,
-                    reason,
-                })
-                .await?
-                .into_inner();
-            if json {
-                print_json(&ctl::summary_json(&i));
             } else {
                 println!("{} is back under automatic remediation", i.instance_id);
             }
