@@ -646,3 +646,40 @@ async fn server_reflection_lists_the_services() {
         assert!(names.contains(&expected), "{names:?}");
     }
 }
+
+#[tokio::test]
+async fn operators_skip_and_unskip_an_instance_and_it_is_persisted() {
+    let pki = Pki::new();
+    let mut coordinator = Coordinator::start(&pki, "");
+    let (_tx, mut inbound) =
+        open_stream(&coordinator, &pki.instance(INSTANCE_A), hello(INSTANCE_A))
+            .await
+            .expect("stream");
+    next(&mut inbound).await.expect("welcome");
+    let skipped = |c: &Coordinator| {
+        let out = c.ctl(&pki.viewer(), &["--output", "json", "instance", INSTANCE_A]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["skipped"].clone()
+    };
+    let out = coordinator.ctl(&pki.viewer(), &["skip", INSTANCE_A, "--reason", "x"]);
+    assert!(!out.status.success(), "viewers can't skip");
+    assert_eq!(skipped(&coordinator), false);
+    let out = coordinator.ctl(
+        &pki.operator(),
+        &["skip", INSTANCE_A, "--reason", "debugging"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(skipped(&coordinator), true);
+
+    // Persisted: still skipped after a restart, once the instance is known again.
+    drop(inbound);
+    coordinator.restart();
+    let (_tx, mut inbound) =
+        open_stream(&coordinator, &pki.instance(INSTANCE_A), hello(INSTANCE_A))
+            .await
+            .expect("stream");
+    next(&mut inbound).await.expect("welcome");
+    assert_eq!(skipped(&coordinator), true);
+    let out = coordinator.ctl(&pki.operator(), &["unskip", INSTANCE_A]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(skipped(&coordinator), false);
+}
