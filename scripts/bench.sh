@@ -25,6 +25,7 @@ if [ "${BENCH_SKIP_BUILD:-}" != 1 ]; then
 fi
 
 # 10k+ agents: one socket each in the load generator and in the coordinator.
+# The hard limit caps it (20000 in this container: no CAP_SYS_RESOURCE to go higher).
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "ulimit -n: $(ulimit -n)"
 

@@ -1,7 +1,8 @@
 //! Benchmark 3: an agent's escalation to the moment `DeregisterTargets` returns, against moto.
 //! coordinator (dry_run = false) → timing proxy (timestamps each response) → FaultProxy (counts
 //! calls) → moto server. One fleet, one simulated agent per instance; escalate one instance at a
-//! time, wait for its DeregisterTargets to return, then the next.
+//! time, wait for its DeregisterTargets to return, then the next. The fleet has 4 spare
+//! instances: the policy never deregisters a target group's last healthy target.
 
 use std::{
     convert::Infallible,
@@ -10,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use autoheal_tests::{moto::Moto, proxy::FaultProxy};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -124,15 +125,13 @@ pub async fn run(reps: usize, interval_ms: u64) -> Result<Report> {
     let proxy = FaultProxy::start(moto.addr).await;
     let (timing, returned) = timing_proxy(proxy.addr).await?;
     let m = &moto;
-    let fleet = tokio::task::block_in_place(|| m.fleet("web", reps));
+    let fleet = tokio::task::block_in_place(|| m.fleet("web", reps + 4));
     let pki = Pki::new()?;
     let ids: Vec<String> = fleet.instances.iter().map(|(id, _)| id.clone()).collect();
     let idents = load::identities(pki.path(), &pki.trust_domain, &ids)?;
     let work = tempfile::tempdir()?;
     let top = format!(
-        r#"dry_run = false
-
-[aws]
+        r#"[aws]
 region = "us-east-1"
 endpoint = "http://{timing}"
 asg_names = ["web"]
@@ -155,8 +154,15 @@ anomaly_percent = 100
 brake_min_instances = 100000
 "#
     );
-    let coordinator =
-        CoordinatorProc::start(&pki, work.path(), "127.0.0.1:0", "5s", "", &top, AWS_ENV)?;
+    let coordinator = CoordinatorProc::start(
+        &pki,
+        work.path(),
+        "127.0.0.1:0",
+        "5s",
+        "dry_run = false",
+        &top,
+        AWS_ENV,
+    )?;
     // The load generator's agents send an event the moment they are asked to (the real agent
     // does too), so the clock starts when the Escalated event is written to the stream.
     let agents = Load::start(
@@ -180,7 +186,8 @@ brake_min_instances = 100000
     tokio::time::sleep(Duration::from_millis(interval_ms * 5 + 1000)).await;
 
     let mut lat = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
+    // The policy never deregisters a group's last healthy target: spare instances stay untouched.
+    for (i, id) in ids.iter().take(reps).enumerate() {
         let before = returned.lock().unwrap_or_else(|p| p.into_inner()).len();
         let (tx, rx) = tokio::sync::oneshot::channel();
         agents.escalate[i].send(tx).await?;
@@ -237,6 +244,10 @@ brake_min_instances = 100000
 
 fn tail(path: &std::path::Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
+    // The control loop's "already done" lines drown everything else.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("already done"))
+        .collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
