@@ -140,6 +140,10 @@ pub async fn run(secs: u64) -> Result<Report> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let served = hits.load(Ordering::Relaxed) - hits_before;
+    let breakdown = (
+        util::rss_breakdown(agent.id()),
+        util::rss_breakdown(monit.id()),
+    );
     let alive = (agent.try_wait()?.is_none(), monit.try_wait()?.is_none());
     let _ = agent.kill();
     let _ = monit.kill();
@@ -153,27 +157,33 @@ pub async fn run(secs: u64) -> Result<Report> {
         alive.1
     );
 
-    let (acpu, wall) = a.cpu();
-    let (mcpu, _) = m.cpu();
+    let (acpu_ticks, wall) = a.cpu();
+    let (mcpu_ticks, _) = m.cpu();
+    let (acpu, mcpu) = (a.cpu_precise(), m.cpu_precise());
     let expected = 2 * ENDPOINTS as u64 * secs / 5;
     println!(
         "probes served by the endpoints in the window: {served} (both watchers at 5s: ~{expected})"
     );
     println!(
-        "{:<16} {:>12} {:>12} {:>12} {:>14}",
-        "", "RSS mean", "RSS max", "VmHWM", "CPU"
+        "{:<16} {:>12} {:>12} {:>12} {:>22} {:>14}",
+        "", "RSS mean", "RSS max", "VmHWM", "CPU (schedstat)", "CPU (ticks)"
     );
-    for (name, s, cpu) in [("autoheal-agent", &a, acpu), ("monit 5.33", &m, mcpu)] {
+    for (name, s, cpu, ticks) in [
+        ("autoheal-agent", &a, acpu, acpu_ticks),
+        ("monit 5.33", &m, mcpu, mcpu_ticks),
+    ] {
         println!(
-            "{:<16} {:>8.0} KiB {:>8} KiB {:>8} KiB {:>7.2}s ({:.3}%)",
+            "{:<16} {:>8.0} KiB {:>8} KiB {:>8} KiB {:>9.3}s ({:.3}%) {:>13.2}s",
             name,
             s.mean_rss_kib(),
             s.max_rss_kib(),
             s.hwm_kib(),
             cpu,
             100.0 * cpu / wall.max(1e-9),
+            ticks,
         );
     }
+    println!("RSS made of: agent {}; monit {}", breakdown.0, breakdown.1);
     let rss_ratio = ratio(a.mean_rss_kib(), m.mean_rss_kib());
     let cpu_ratio = ratio(acpu, mcpu);
     println!(

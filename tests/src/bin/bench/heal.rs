@@ -23,8 +23,20 @@ struct Supervised {
 
 impl Drop for Supervised {
     fn drop(&mut self) {
+        // SIGTERM first: each stops its service; then make sure nothing is left behind (monit's
+        // service is not its child, and a supervisor killed hard leaves orphans).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in util::find_pids(&["http.server", &self.port.to_string()]) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -220,10 +232,7 @@ async fn kill_loop(name: &str, port: u16, kills: usize, seed: u64) -> Result<Vec
         let t0 = Instant::now();
         anyhow::ensure!(status.success(), "kill -9 {pid} failed");
         // Wait until the old process is gone, so its last answers don't count.
-        while std::path::Path::new(&format!("/proc/{pid}/cmdline"))
-            .metadata()
-            .is_ok_and(|_| util::find_pids(&["http.server", &port_s]).contains(&pids[0]))
-        {
+        while util::find_pids(&["http.server", &port_s]).contains(&pids[0]) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         wait_healthy(port, Duration::from_secs(60))

@@ -19,8 +19,10 @@ use crate::{
     util::{self, CoordinatorProc, Pki, Samples, percentile, ratio},
 };
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Params {
+    /// `AUTOHEAL_LOG` for the coordinator; `None` keeps its default (`info`).
+    pub log: Option<String>,
     pub agents: usize,
     /// Steady-state window, seconds.
     pub secs: u64,
@@ -99,7 +101,7 @@ async fn drive(
     pid: u32,
     endpoint: String,
     idents: &[Ident],
-    p: Params,
+    p: &Params,
 ) -> Result<Side> {
     let mut side = Side::default();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -206,18 +208,19 @@ pub async fn run(p: Params) -> Result<Report> {
         coordinator.pid(),
         coordinator.addr.to_string(),
         &idents,
-        p,
+        &p,
     )
     .await?;
     let log_bytes = std::fs::metadata(&coordinator.log).map_or(0, |m| m.len());
     drop(coordinator);
     println!(
-        "coordinator log (default filter `info`): {:.1} MiB written",
+        "coordinator log (AUTOHEAL_LOG={}): {:.1} MiB written",
+        p.log.as_deref().unwrap_or("unset, i.e. info"),
         log_bytes as f64 / 1048576.0
     );
 
     let (echo, endpoint) = start_echo(&pki)?;
-    let e = drive("echo baseline", echo.0.id(), endpoint, &idents, p).await?;
+    let e = drive("echo baseline", echo.0.id(), endpoint, &idents, &p).await?;
     drop(echo);
 
     println!(

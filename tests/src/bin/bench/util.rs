@@ -59,6 +59,9 @@ pub struct ProcSample {
     pub hwm_kib: u64,
     /// utime + stime, in clock ticks (includes exited threads).
     pub cpu_ticks: u64,
+    /// Time on CPU of the live threads, in ns (`/proc/<pid>/task/*/schedstat`): finer than
+    /// ticks, which matters for processes that use a few ticks a minute.
+    pub cpu_ns: u64,
     pub at: Option<Instant>,
 }
 
@@ -82,8 +85,42 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
         cpu_ticks: utime + stime,
+        cpu_ns: schedstat_ns(pid),
         at: Some(Instant::now()),
     })
+}
+
+fn schedstat_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// `RssAnon`, `RssFile` and thread count from `/proc/<pid>/status`: what the RSS is made of.
+pub fn rss_breakdown(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "anon {}, file {}, threads {}",
+        get("RssAnon:"),
+        get("RssFile:"),
+        get("Threads:")
+    )
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat` (almost always 100).
@@ -135,6 +172,14 @@ impl Samples {
             _ => 0.0,
         };
         (ticks / clk_tck() as f64, wall)
+    }
+
+    /// CPU seconds of the live threads between the first and last sample (schedstat).
+    pub fn cpu_precise(&self) -> f64 {
+        let (Some(a), Some(b)) = (self.samples.first(), self.samples.last()) else {
+            return 0.0;
+        };
+        b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / 1e9
     }
 }
 
