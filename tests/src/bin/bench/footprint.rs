@@ -56,10 +56,26 @@ async fn endpoints() -> Result<(Vec<u16>, Arc<AtomicU64>)> {
 }
 
 pub struct Report {
+    /// The shipped build (`release-agent` profile) when present, else `release`.
+    pub agent: &'static str,
     pub agent_rss_kib: f64,
     pub monit_rss_kib: f64,
     pub agent_cpu_s: f64,
     pub monit_cpu_s: f64,
+}
+
+struct Watcher {
+    name: &'static str,
+    child: std::process::Child,
+    samples: Samples,
+    breakdown: String,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub async fn run(secs: u64) -> Result<Report> {
@@ -83,17 +99,6 @@ pub async fn run(secs: u64) -> Result<Report> {
             ));
         }
     }
-    let agent_toml = work.path().join("agent.toml");
-    std::fs::write(
-        &agent_toml,
-        util::agent_config(
-            &pki,
-            coordinator.addr,
-            &work.path().join("agent.sock"),
-            &services,
-        ),
-    )?;
-    util::check_agent_config(&agent_toml)?;
 
     let mut monitrc = format!(
         "set daemon 5\nset logfile {d}/monit.log\nset idfile {d}/monit.id\nset statefile {d}/monit.state\nset pidfile {d}/monit.pid\n\n",
@@ -114,67 +119,88 @@ pub async fn run(secs: u64) -> Result<Report> {
     std::fs::write(&monitrc_path, monitrc)?;
     std::fs::set_permissions(&monitrc_path, std::fs::Permissions::from_mode(0o600))?;
 
-    let mut agent = Command::new(util::bin("autoheal-agent")?)
-        .arg("--config")
-        .arg(&agent_toml)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("agent.log"))?)
-        .spawn()
-        .context("spawn autoheal-agent")?;
-    let mut monit = Command::new("monit")
-        .arg("-I")
-        .arg("-c")
-        .arg(&monitrc_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("monit.stderr"))?)
-        .spawn()
-        .context("spawn monit (apt-get install -y monit; scripts/bench.sh does)")?;
+    // Both agent builds, each with its own instance identity, and monit, over the same window.
+    let mut watchers = Vec::new();
+    for (k, (name, path)) in util::agent_builds()?.into_iter().enumerate() {
+        let instance = util::AGENT_INSTANCES[k];
+        let toml = work.path().join(format!("agent-{k}.toml"));
+        std::fs::write(
+            &toml,
+            util::agent_config(
+                &pki,
+                instance,
+                coordinator.addr,
+                &work.path().join(format!("agent-{k}.sock")),
+                &services,
+            ),
+        )?;
+        util::check_agent_config(&toml)?;
+        watchers.push(Watcher {
+            name,
+            child: Command::new(path)
+                .arg("--config")
+                .arg(&toml)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(
+                    work.path().join(format!("agent-{k}.log")),
+                )?)
+                .spawn()
+                .context("spawn autoheal-agent")?,
+            samples: Samples::default(),
+            breakdown: String::new(),
+        });
+    }
+    watchers.push(Watcher {
+        name: "monit 5.33",
+        child: Command::new("monit")
+            .arg("-I")
+            .arg("-c")
+            .arg(&monitrc_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("monit.stderr"))?)
+            .spawn()
+            .context("spawn monit (apt-get install -y monit; scripts/bench.sh does)")?,
+        samples: Samples::default(),
+        breakdown: String::new(),
+    });
 
-    // Let both start and settle (TLS handshake, first check round) before the window opens.
+    // Let all start and settle (TLS handshake, first check round) before the window opens.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let hits_before = hits.load(Ordering::Relaxed);
-    let (mut a, mut m) = (Samples::default(), Samples::default());
     for _ in 0..=secs {
-        a.push(agent.id());
-        m.push(monit.id());
+        for w in &mut watchers {
+            let pid = w.child.id();
+            w.samples.push(pid);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let served = hits.load(Ordering::Relaxed) - hits_before;
-    let breakdown = (
-        util::rss_breakdown(agent.id()),
-        util::rss_breakdown(monit.id()),
-    );
-    let alive = (agent.try_wait()?.is_none(), monit.try_wait()?.is_none());
-    let _ = agent.kill();
-    let _ = monit.kill();
-    let _ = agent.wait();
-    let _ = monit.wait();
+    for w in &mut watchers {
+        w.breakdown = util::rss_breakdown(w.child.id());
+        anyhow::ensure!(
+            w.child.try_wait()?.is_none(),
+            "{} died during the run",
+            w.name
+        );
+    }
     drop(coordinator);
-    anyhow::ensure!(
-        alive.0 && alive.1,
-        "a watcher died during the run (agent alive: {}, monit alive: {})",
-        alive.0,
-        alive.1
-    );
 
-    let (acpu_ticks, wall) = a.cpu();
-    let (mcpu_ticks, _) = m.cpu();
-    let (acpu, mcpu) = (a.cpu_precise(), m.cpu_precise());
-    let expected = 2 * ENDPOINTS as u64 * secs / 5;
+    let expected = watchers.len() as u64 * ENDPOINTS as u64 * secs / 5;
     println!(
-        "probes served by the endpoints in the window: {served} (both watchers at 5s: ~{expected})"
+        "probes served by the endpoints in the window: {served} ({} watchers at 5s: ~{expected})",
+        watchers.len()
     );
     println!(
-        "{:<16} {:>12} {:>12} {:>12} {:>22} {:>14}",
+        "{:<34} {:>12} {:>12} {:>12} {:>22} {:>12}",
         "", "RSS mean", "RSS max", "VmHWM", "CPU (schedstat)", "CPU (ticks)"
     );
-    for (name, s, cpu, ticks) in [
-        ("autoheal-agent", &a, acpu, acpu_ticks),
-        ("monit 5.33", &m, mcpu, mcpu_ticks),
-    ] {
+    for w in &watchers {
+        let s = &w.samples;
+        let (ticks, wall) = s.cpu();
+        let cpu = s.cpu_precise();
         println!(
-            "{:<16} {:>8.0} KiB {:>8} KiB {:>8} KiB {:>9.3}s ({:.3}%) {:>13.2}s",
-            name,
+            "{:<34} {:>8.0} KiB {:>8} KiB {:>8} KiB {:>9.3}s ({:.3}%) {:>11.2}s",
+            w.name,
             s.mean_rss_kib(),
             s.max_rss_kib(),
             s.hwm_kib(),
@@ -183,21 +209,31 @@ pub async fn run(secs: u64) -> Result<Report> {
             ticks,
         );
     }
-    println!("RSS made of: agent {}; monit {}", breakdown.0, breakdown.1);
-    let rss_ratio = ratio(a.mean_rss_kib(), m.mean_rss_kib());
-    let cpu_ratio = ratio(acpu, mcpu);
-    println!(
-        "ratio agent/monit: RSS {rss_ratio:.2} (goal <= 0.80: {}), agent RSS {:.2} MiB (goal <= 6 MiB: {}), CPU {cpu_ratio:.2} (goal <= 1.00: {})",
-        verdict(rss_ratio <= 0.8),
-        a.mean_rss_kib() / 1024.0,
-        verdict(a.mean_rss_kib() <= 6.0 * 1024.0),
-        verdict(acpu <= mcpu),
-    );
+    for w in &watchers {
+        println!("  {:<32} RSS made of {}", w.name, w.breakdown);
+    }
+    let monit = watchers.last().context("monit")?;
+    let (m_rss, m_cpu) = (monit.samples.mean_rss_kib(), monit.samples.cpu_precise());
+    for w in &watchers[..watchers.len() - 1] {
+        let (a_rss, a_cpu) = (w.samples.mean_rss_kib(), w.samples.cpu_precise());
+        println!(
+            "{}: RSS {:.2} x monit (goal <= 0.80: {}), {:.2} MiB (goal <= 6 MiB: {}), CPU {:.2} x monit (goal <= 1.00: {})",
+            w.name,
+            ratio(a_rss, m_rss),
+            verdict(a_rss <= 0.8 * m_rss),
+            a_rss / 1024.0,
+            verdict(a_rss <= 6.0 * 1024.0),
+            ratio(a_cpu, m_cpu),
+            verdict(a_cpu <= m_cpu),
+        );
+    }
+    let shipped = &watchers[0];
     Ok(Report {
-        agent_rss_kib: a.mean_rss_kib(),
-        monit_rss_kib: m.mean_rss_kib(),
-        agent_cpu_s: acpu,
-        monit_cpu_s: mcpu,
+        agent: shipped.name,
+        agent_rss_kib: shipped.samples.mean_rss_kib(),
+        monit_rss_kib: m_rss,
+        agent_cpu_s: shipped.samples.cpu_precise(),
+        monit_cpu_s: m_cpu,
     })
 }
 

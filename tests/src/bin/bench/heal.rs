@@ -96,13 +96,20 @@ failure_threshold = 2
     let agent_toml = dir.join("agent.toml");
     std::fs::write(
         &agent_toml,
-        util::agent_config(&pki, coordinator.addr, &dir.join("agent.sock"), &services),
+        util::agent_config(
+            &pki,
+            util::AGENT_INSTANCES[0],
+            coordinator.addr,
+            &dir.join("agent.sock"),
+            &services,
+        ),
     )?;
     util::check_agent_config(&agent_toml)?;
+    let (agent_name, agent_bin) = util::agent_builds()?.swap_remove(0);
     let agent = Supervised {
-        name: "autoheal-agent",
+        name: agent_name,
         port: agent_port,
-        child: Command::new(util::bin("autoheal-agent")?)
+        child: Command::new(&agent_bin)
             .arg("--config")
             .arg(&agent_toml)
             .stdout(Stdio::null())
@@ -221,8 +228,8 @@ async fn kill_loop(name: &str, port: u16, kills: usize, seed: u64) -> Result<Vec
         .await
         .with_context(|| format!("{name}: service never came up"))?;
     for _ in 0..kills {
-        // Settle, with a random phase against the watcher's own cycle.
-        tokio::time::sleep(Duration::from_secs_f64(1.5 + 2.0 * rng.next_f64())).await;
+        // A phase uniform over monit's whole 5 s cycle (a fixed settle time would bias it).
+        tokio::time::sleep(Duration::from_secs_f64(1.5 + 5.0 * rng.next_f64())).await;
         let pids = util::find_pids(&["http.server", &port_s]);
         if pids.len() != 1 {
             bail!("{name}: expected one service process on {port}, found {pids:?}");

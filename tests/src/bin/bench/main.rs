@@ -133,7 +133,8 @@ fn summary(
     let r = util::ratio;
     println!("\n== summary ==");
     println!(
-        "footprint: agent RSS {:.1} MiB vs monit {:.1} MiB = {:.2}x; CPU {:.3}s vs {:.3}s = {:.2}x",
+        "footprint: {} RSS {:.1} MiB vs monit {:.1} MiB = {:.2}x; CPU {:.3}s vs {:.3}s = {:.2}x",
+        f.agent,
         f.agent_rss_kib / 1024.0,
         f.monit_rss_kib / 1024.0,
         r(f.agent_rss_kib, f.monit_rss_kib),

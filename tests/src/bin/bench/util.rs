@@ -14,8 +14,8 @@ use autoheal_coordinator::pki;
 use autoheal_proto::identity::TrustDomain;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Instance id of the one real agent the footprint and healing benchmarks run.
-pub const AGENT_INSTANCE: &str = "i-0000000000000001";
+/// Instance ids of the real agents the footprint and healing benchmarks run.
+pub const AGENT_INSTANCES: [&str; 2] = ["i-0000000000000001", "i-0000000000000002"];
 
 /// The folder of release binaries: the one this driver was built into (`target/release`).
 pub fn release_dir() -> Result<PathBuf> {
@@ -34,6 +34,21 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The agent builds to measure, shipped first: `target/release-agent/autoheal-agent` (the
+/// `release-agent` profile the SSM package ships: opt-level s, fat LTO) when built, and the
+/// plain `release` build next to this driver.
+pub fn agent_builds() -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut out = Vec::new();
+    let shipped = release_dir()?
+        .parent()
+        .map(|t| t.join("release-agent/autoheal-agent"));
+    if let Some(p) = shipped.filter(|p| p.exists()) {
+        out.push(("autoheal-agent (release-agent)", p));
+    }
+    out.push(("autoheal-agent (release)", bin("autoheal-agent")?));
+    Ok(out)
 }
 
 /// The real python interpreter (not a pyenv shim script), so every supervisor starts the same
@@ -249,7 +264,7 @@ impl Pki {
             dir.path(),
             &trust_domain,
             &[],
-            &[AGENT_INSTANCE.to_owned()],
+            &AGENT_INSTANCES.map(str::to_owned),
             false,
         )?;
         Ok(Self { dir, trust_domain })
@@ -382,7 +397,13 @@ fn spawn_coordinator(
 }
 
 /// A real agent's config: coordinator, TLS and identity from `pki`, then `services`.
-pub fn agent_config(pki: &Pki, coordinator: SocketAddr, socket: &Path, services: &str) -> String {
+pub fn agent_config(
+    pki: &Pki,
+    instance: &str,
+    coordinator: SocketAddr,
+    socket: &Path,
+    services: &str,
+) -> String {
     format!(
         r#"[coordinator]
 endpoints = ["{coordinator}"]
@@ -403,7 +424,7 @@ socket = "{socket}"
 {services}
 "#,
         pki = pki.path().display(),
-        id = AGENT_INSTANCE,
+        id = instance,
         socket = socket.display(),
     )
 }
