@@ -194,14 +194,17 @@ brake_min_instances = 100000
         let t0 = rx.await?;
         let deadline = t0 + Duration::from_secs(30);
         let at = loop {
-            let r = returned.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, body)) = r.get(before) {
+            let seen = returned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(before)
+                .cloned();
+            if let Some((at, body)) = seen {
                 if !body.contains(id.as_str()) {
                     bail!("DeregisterTargets for another instance: {body}");
                 }
-                break *at;
+                break at;
             }
-            drop(r);
             if Instant::now() > deadline {
                 bail!(
                     "escalation {i}: no DeregisterTargets within 30s\n{}",

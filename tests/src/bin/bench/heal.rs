@@ -181,7 +181,7 @@ failure_threshold = 2
     let mut results = Vec::new();
     for t in tasks {
         let (name, r) = t.await?;
-        let lat = r.with_context(|| format!("{name}"))?;
+        let lat = r.with_context(|| name.to_string())?;
         results.push((name, lat));
     }
     drop((agent, monit, supervisord, coordinator));

@@ -479,7 +479,7 @@ pub fn find_pids(needles: &[&str]) -> Vec<u32> {
                 let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
                 needles
                     .iter()
-                    .all(|n| args.iter().any(|a| *a == n.as_bytes()))
+                    .all(|n| args.contains(&n.as_bytes()))
             })
         })
         .collect()
