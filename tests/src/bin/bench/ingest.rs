@@ -202,7 +202,13 @@ pub async fn run(p: Params) -> Result<Report> {
     let idents = make_identities(&pki, p.agents)?;
 
     let work = tempfile::tempdir()?;
-    let coordinator = CoordinatorProc::start(&pki, work.path(), "127.0.0.1:0", "5s", "", "", &[])?;
+    let env: Vec<(&str, &str)> = p
+        .log
+        .as_deref()
+        .map(|l| vec![("AUTOHEAL_LOG", l)])
+        .unwrap_or_default();
+    let coordinator =
+        CoordinatorProc::start(&pki, work.path(), "127.0.0.1:0", "5s", "", "", &env)?;
     let c = drive(
         "coordinator",
         coordinator.pid(),
