@@ -207,8 +207,7 @@ pub async fn run(p: Params) -> Result<Report> {
         .as_deref()
         .map(|l| vec![("AUTOHEAL_LOG", l)])
         .unwrap_or_default();
-    let coordinator =
-        CoordinatorProc::start(&pki, work.path(), "127.0.0.1:0", "5s", "", "", &env)?;
+    let coordinator = CoordinatorProc::start(&pki, work.path(), "127.0.0.1:0", "5s", "", "", &env)?;
     let c = drive(
         "coordinator",
         coordinator.pid(),

@@ -477,9 +477,7 @@ pub fn find_pids(needles: &[&str]) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                needles
-                    .iter()
-                    .all(|n| args.contains(&n.as_bytes()))
+                needles.iter().all(|n| args.contains(&n.as_bytes()))
             })
         })
         .collect()
