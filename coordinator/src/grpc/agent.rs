@@ -120,6 +120,18 @@ impl AgentService for AgentStreams {
     }
 }
 
+/// Resolves with the leader's endpoint once another replica leads; never if the channel closes.
+async fn redirected(mut redirect: watch::Receiver<Option<String>>) -> String {
+    loop {
+        if redirect.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(endpoint) = redirect.borrow_and_update().clone() {
+            return endpoint;
+        }
+    }
+}
+
 struct AgentStream {
     fleet: Fleet,
     session: Session,
@@ -133,27 +145,52 @@ struct AgentStream {
 
 impl AgentStream {
     async fn run(mut self, shutdown: CancellationToken) {
+        // Made once per stream, not once per message: a fresh `cancelled()`, `changed()` or
+        // `timeout()` in every turn of the loop registers and unregisters a waiter (the shutdown
+        // token's lock is shared by every stream) and a timer entry for each heartbeat and event.
+        let shutdown = shutdown.cancelled_owned();
+        tokio::pin!(shutdown);
+        let superseded = self.session.superseded.clone().cancelled_owned();
+        tokio::pin!(superseded);
+        let redirect = redirected(self.redirect.clone());
+        tokio::pin!(redirect);
+        // The silence deadline is only re-armed when it fires, from when the agent last spoke.
+        let silence = tokio::time::sleep(self.silence);
+        tokio::pin!(silence);
+        let mut last_seen = tokio::time::Instant::now();
         let why = loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut shutdown => {
                     let _ = self.outbound.send(Err(Status::unavailable("coordinator is shutting down"))).await;
                     break "coordinator shutting down".to_owned();
                 }
-                Ok(()) = self.redirect.changed() => {
+                endpoint = &mut redirect => {
                     // We stopped leading: send the agent to the leader instead of holding it here.
-                    let Some(endpoint) = self.redirect.borrow_and_update().clone() else { continue };
                     let _ = self.outbound.send(message(coordinator_message::Kind::Redirect(v1::Redirect {
                         endpoint: endpoint.clone(),
                         reason: "this coordinator no longer leads".to_owned(),
                     }))).await;
                     break format!("redirected to the leader at {endpoint}");
                 }
-                () = self.session.superseded.cancelled() => {
+                () = &mut superseded => {
                     let _ = self.outbound.send(Err(Status::aborted("superseded by a newer stream from the same instance"))).await;
                     break "superseded by a newer stream".to_owned();
                 }
-                next = tokio::time::timeout(self.silence, self.inbound.message()) => next,
+                // Before the silence check: a message that waited while an Ack was blocked on a
+                // full outbound channel still counts.
+                next = self.inbound.message() => {
+                    last_seen = tokio::time::Instant::now();
+                    Ok(next)
+                }
+                () = &mut silence => {
+                    let deadline = last_seen + self.silence;
+                    if deadline > tokio::time::Instant::now() {
+                        silence.as_mut().reset(deadline);
+                        continue;
+                    }
+                    Err(())
+                }
             };
             match next {
                 Err(_) => {
