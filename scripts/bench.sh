@@ -22,6 +22,8 @@ python3 -c 'import moto' 2>/dev/null || scripts/setup.sh
 
 if [ "${BENCH_SKIP_BUILD:-}" != 1 ]; then
   cargo build --release --workspace --bins
+  # The agent build the SSM package ships (opt-level s, fat LTO): footprint and heal measure it.
+  cargo build --profile release-agent -p autoheal-agent
 fi
 
 # 10k+ agents: one socket each in the load generator and in the coordinator.
