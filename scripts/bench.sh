@@ -16,7 +16,7 @@ if ! command -v monit >/dev/null; then
 fi
 if ! command -v supervisord >/dev/null; then
   pip install supervisor
-  command -v pyenv >/dev/null && pyenv rehash || true
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 python3 -c 'import moto' 2>/dev/null || scripts/setup.sh
 
