@@ -680,7 +680,22 @@ fn push_event(
         kind: kind.to_owned(),
         message,
     };
-    tracing::info!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+    // Routine agent chatter (every check flip, every restart) is debug: at fleet scale an info
+    // line per event is most of the coordinator's ingest cost (BENCHMARKS.md, ingest). What a
+    // person acts on stays at info; all of it is in WatchEvents and the store either way.
+    if matches!(
+        kind,
+        "check-changed"
+            | "service-state-changed"
+            | "restart-attempted"
+            | "agent-connected"
+            | "agent-disconnected"
+            | "dependency-changed"
+    ) {
+        tracing::debug!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+    } else {
+        tracing::info!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+    }
     if let Some(record) = state.instances.get_mut(instance_id) {
         if record.recent_events.len() == RECENT_PER_INSTANCE {
             record.recent_events.pop_front();

@@ -36,10 +36,13 @@ pub const INSTANCE_B: &str = "i-bbbbbbbbbbbbbbbb";
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // Test executables live in target/<profile>/deps, binaries of this crate (bench) one up.
+    let dir = exe.parent().expect("executable has a folder");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
