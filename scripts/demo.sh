@@ -9,7 +9,8 @@
 #
 #   scripts/demo.sh                          run it; Ctrl-C stops everything
 #   AUTOHEAL_DEMO_NONINTERACTIVE=1 scripts/demo.sh   exit after the scenes (what the test does)
-#   AUTOHEAL_DEMO_SKIP_BUILD=1    use the binaries already in target/debug
+#   AUTOHEAL_DEMO_SKIP_BUILD=1    use the binaries already built (AUTOHEAL_DEMO_BIN_DIR, else
+#                                 $CARGO_TARGET_DIR/debug, else target/debug)
 #   AUTOHEAL_DEMO_KEEP=1          keep the logs and state
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,8 @@ if [ "${AUTOHEAL_DEMO_SKIP_BUILD:-}" != 1 ]; then
   bold "building"
   cargo build --workspace --bins --quiet
 fi
-B=$ROOT/target/debug
+# The binaries: where the test harness found them, else cargo's target folder.
+B=${AUTOHEAL_DEMO_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/autoheal-demo.XXXXXX")
 pids=()

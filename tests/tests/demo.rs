@@ -11,13 +11,15 @@ fn the_local_fleet_demo_runs_every_scene() {
         .to_owned();
     // The binaries are built by scripts/test.sh before the tests; building from inside
     // `cargo test` would wait on cargo's own lock.
-    autoheal_tests::bin("autoheal-coordinator");
+    let coordinator = autoheal_tests::bin("autoheal-coordinator");
     autoheal_tests::bin("autoheal-agent");
+    let bin_dir = coordinator.parent().expect("binary folder").to_owned();
     let out = Command::new("bash")
         .arg(root.join("scripts/demo.sh"))
         .current_dir(&root)
         .env("AUTOHEAL_DEMO_NONINTERACTIVE", "1")
         .env("AUTOHEAL_DEMO_SKIP_BUILD", "1")
+        .env("AUTOHEAL_DEMO_BIN_DIR", &bin_dir)
         .output()
         .expect("run scripts/demo.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
