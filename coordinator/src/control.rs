@@ -280,7 +280,7 @@ impl Controller {
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %crate::tls_chain(&error), "cannot read remediation state at the start of a term; not acting");
+                tracing::warn!(error = %crate::error_chain(&error), "cannot read remediation state at the start of a term; not acting");
                 return false;
             }
         }
@@ -317,7 +317,7 @@ impl Controller {
                         self.lease.report_fenced(token).await;
                         self.token = None;
                     }
-                    tracing::warn!(error = %crate::tls_chain(&error), "cannot persist remediation state; not acting");
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot persist remediation state; not acting");
                     return false;
                 }
             }
@@ -602,7 +602,7 @@ impl Controller {
         let since = now_ms().saturating_sub(u64::try_from(DONE_WINDOW.as_millis()).unwrap_or(0));
         if let Some(done) = self.journal.succeeded_since(&instance, step, since) {
             tracing::info!(instance, step = step.as_str(), key = %done.key, "already done; not repeating");
-            return done_outcome(action, &done);
+            return done_outcome(action);
         }
         let key = format!("{instance}/{}/{}", step.as_str(), now_ms());
         let intent = Entry {
@@ -920,7 +920,8 @@ fn target_groups(action: &policy::Action) -> Vec<String> {
     }
 }
 
-fn done_outcome(action: &policy::Action, _done: &Entry) -> policy::Outcome {
+/// What the ladder hears when the journal shows the step already done.
+fn done_outcome(action: &policy::Action) -> policy::Outcome {
     match action {
         policy::Action::Deregister { target_groups } => policy::Outcome::Deregistered {
             target_groups: target_groups.clone(),

@@ -21,6 +21,6 @@ pub mod server;
 pub mod store;
 
 /// An error with its `source()` chain, `a: b: c`, for one-line logs.
-pub fn tls_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     autoheal_proto::tls::DisplayChain(error).to_string()
 }

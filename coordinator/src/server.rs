@@ -124,10 +124,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )?;
     if let Err(error) = fleet.load_persisted().await {
         // A follower can serve without it, and the leader reloads at the start of its term.
-        tracing::warn!(error = %crate::tls_chain(&error), "cannot read the pause and skips yet");
+        tracing::warn!(error = %crate::error_chain(&error), "cannot read the pause and skips yet");
     }
     let journal = Arc::new(Journal::open(store.clone()).await.unwrap_or_else(|error| {
-        tracing::warn!(error = %crate::tls_chain(&error), "cannot read the journal yet");
+        tracing::warn!(error = %crate::error_chain(&error), "cannot read the journal yet");
         Journal::empty(store.clone())
     }));
 
@@ -365,7 +365,7 @@ async fn record_events(
         match event {
             Ok(event) => {
                 if let Err(error) = store.append_event(&event, ttl).await {
-                    tracing::debug!(error = %crate::tls_chain(&error), "fleet event not kept in the store");
+                    tracing::debug!(error = %crate::error_chain(&error), "fleet event not kept in the store");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -32,6 +32,75 @@ pub mod sim;
 pub const INSTANCE_A: &str = "i-aaaaaaaaaaaaaaaa";
 pub const INSTANCE_B: &str = "i-bbbbbbbbbbbbbbbb";
 
+/// Credentials and settings for a coordinator talking to moto: fixed test keys, and nothing read
+/// from the machine's AWS config or instance metadata.
+pub const AWS_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+];
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Starts a real agent in-process as [`INSTANCE_A`], reporting to `endpoint`, with its config
+/// (and status socket) in `dir`; `sections` adds TOML tables (services, metrics…).
+pub fn start_agent(
+    dir: &Path,
+    pki: &Pki,
+    endpoint: &str,
+    sections: &str,
+) -> (autoheal_agent::Agent, tokio_util::sync::CancellationToken) {
+    let tls = pki.instance(INSTANCE_A);
+    let toml = format!(
+        r#"
+[coordinator]
+endpoints = ["{endpoint}"]
+connect_timeout = "2s"
+reconnect_initial = "100ms"
+reconnect_max = "1s"
+
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[identity]
+instance_id = "{INSTANCE_A}"
+availability_zone = "test-1a"
+
+[status]
+socket = "{sock}"
+
+{sections}
+"#,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        sock = dir.join("agent.sock").display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let config = autoheal_agent::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent =
+        autoheal_agent::Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
+            .expect("agent starts");
+    (agent, shutdown)
+}
+
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

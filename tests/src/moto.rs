@@ -2,7 +2,7 @@
 //! VPC, subnets, a target group, a launch configuration and an ASG through the AWS API.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,17 +22,10 @@ pub struct FleetFixture {
     pub instances: Vec<(String, String)>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Moto {
     /// Starts `python3 -m moto.server` on a free loopback port (install with `scripts/setup.sh`).
     pub fn start() -> Self {
-        let port = free_port();
+        let port = crate::free_port();
         let child = Command::new("python3")
             .args([
                 "-m",

@@ -1,62 +1,13 @@
 //! The real agent (in-process, with real child processes) against the real
 //! `autoheal-coordinator` binary over mTLS.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use autoheal_agent::{Agent, Config, state::ServiceState};
+use autoheal_agent::state::ServiceState;
 use autoheal_proto::v1;
-use autoheal_tests::{Coordinator, INSTANCE_A, Pki, eventually};
-use tokio_util::sync::CancellationToken;
+use autoheal_tests::{Coordinator, INSTANCE_A, Pki, eventually, free_port, start_agent};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn start_agent(
-    dir: &Path,
-    pki: &Pki,
-    endpoint: &str,
-    services: &str,
-) -> (Agent, CancellationToken) {
-    let tls = pki.instance(INSTANCE_A);
-    let toml = format!(
-        r#"
-[coordinator]
-endpoints = ["{endpoint}"]
-connect_timeout = "2s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-instance_id = "{INSTANCE_A}"
-availability_zone = "test-1a"
-
-[status]
-socket = "{sock}"
-
-{services}
-"#,
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        sock = dir.join("agent.sock").display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let shutdown = CancellationToken::new();
-    let agent = Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
-        .expect("agent starts");
-    (agent, shutdown)
-}
 
 /// The coordinator's recorded events for our instance, as (kind, message).
 async fn coordinator_events(coordinator: &Coordinator, pki: &Pki) -> Vec<(String, String)> {

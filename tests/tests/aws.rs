@@ -7,7 +7,7 @@ use std::time::Duration;
 use autoheal_coordinator::pki::Validity;
 use autoheal_proto::identity::Role;
 use autoheal_tests::{
-    Coordinator, Pki, eventually,
+    AWS_ENV, Coordinator, Pki, eventually, free_addr,
     moto::{FleetFixture, Moto},
     proxy::{Fault, FaultProxy},
     sim::SimAgent,
@@ -23,19 +23,6 @@ struct World {
     coordinator: Coordinator,
     agents: Vec<SimAgent>,
 }
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-];
 
 async fn world(extra_env: &[(&str, &str)], tuning: &str) -> World {
     world_selecting(extra_env, tuning, r#"asg_names = ["web"]"#).await

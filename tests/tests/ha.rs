@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use autoheal_coordinator::pki::Validity;
 use autoheal_proto::identity::Role;
 use autoheal_tests::{
-    Coordinator, Pki, eventually,
+    AWS_ENV, Coordinator, Pki, eventually, free_addr,
     moto::{FleetFixture, Moto},
     proxy::{Fault, FaultProxy},
     sim::SimAgent,
@@ -17,19 +17,6 @@ use autoheal_tests::{
 const WAIT: Duration = Duration::from_secs(60);
 const LEASE_TTL: Duration = Duration::from_secs(3);
 const RENEW: Duration = Duration::from_millis(500);
-
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-];
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
 
 struct Cluster {
     moto: Moto,

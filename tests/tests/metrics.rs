@@ -5,22 +5,30 @@
 use std::{
     io::Write as _,
     net::SocketAddr,
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use autoheal_agent::{Agent, Config};
-use autoheal_tests::{Coordinator, INSTANCE_A, Pki, eventually};
+use autoheal_tests::{Coordinator, Pki, eventually, free_port, start_agent};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+/// A service that's always healthy, checked often, and the agent's metrics endpoint.
+const AGENT_SECTIONS: &str = r#"
+[metrics]
+listen = "127.0.0.1:0"
+
+[services.idle]
+run = ["sleep", "3600"]
+stop_timeout = "2s"
+[[services.idle.checks]]
+name = "alive"
+kind = "exec"
+command = ["true"]
+interval = "300ms"
+timeout = "250ms"
+"#;
 
 /// Status code and body of one plain HTTP/1.1 request.
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -85,55 +93,6 @@ fn promtool_check(what: &str, text: &str) {
     );
 }
 
-fn start_agent(dir: &Path, pki: &Pki, endpoint: &str) -> (Agent, CancellationToken) {
-    let tls = pki.instance(INSTANCE_A);
-    let toml = format!(
-        r#"
-[coordinator]
-endpoints = ["{endpoint}"]
-connect_timeout = "2s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-instance_id = "{INSTANCE_A}"
-availability_zone = "test-1a"
-
-[status]
-socket = "{sock}"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[services.idle]
-run = ["sleep", "3600"]
-stop_timeout = "2s"
-[[services.idle.checks]]
-name = "alive"
-kind = "exec"
-command = ["true"]
-interval = "300ms"
-timeout = "250ms"
-"#,
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        sock = dir.join("agent.sock").display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let shutdown = CancellationToken::new();
-    let agent = Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
-        .expect("agent starts");
-    (agent, shutdown)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_and_agent_metrics_are_served_plausible_and_pass_promtool() {
     let pki = Pki::new();
@@ -147,7 +106,7 @@ async fn coordinator_and_agent_metrics_are_served_plausible_and_pass_promtool() 
         &[],
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let (agent, _shutdown) = start_agent(dir.path(), &pki, &coordinator.endpoint());
+    let (agent, _shutdown) = start_agent(dir.path(), &pki, &coordinator.endpoint(), AGENT_SECTIONS);
     let agent_addr = agent.metrics_addr.expect("the agent serves metrics");
 
     // Something the handshake must refuse: plain text on the mTLS port.
