@@ -1,38 +1,8 @@
-//! Time, from a clock the caller passes in, so decisions that depend on it can be driven in
-//! tests. Monotonic time is tokio's (which `tokio::time::pause` controls); wall time is only used
-//! to stamp events.
+//! Time: the one `Clock` (from `autoheal-common`) and its conversions to the wire's types.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-    fn wall(&self) -> SystemTime;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn wall(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-pub type SharedClock = Arc<dyn Clock>;
-
-pub fn system() -> SharedClock {
-    Arc::new(SystemClock)
-}
+pub use autoheal_common::clock::{Clock, SharedClock, SystemClock, system};
 
 /// A protobuf timestamp for `t`.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {

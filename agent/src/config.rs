@@ -2,7 +2,7 @@
 //! every problem collected (with its path) instead of stopping at the first.
 //!
 //! Unknown keys are errors (the `deny_unknown_fields` contract), but they are collected by
-//! [`autoheal_proto::config::parse_toml`] so that `check-config` lists all of them at once.
+//! [`autoheal_common::config::parse_toml`] so that `check-config` lists all of them at once.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,11 +12,11 @@ use std::{
     time::Duration,
 };
 
-use autoheal_proto::{
+use autoheal_common::{
     config::{ConfigErrors, RawTls, parse_toml},
     tls::{TlsFiles, split_endpoint},
-    v1,
 };
+use autoheal_proto::v1;
 use serde::Deserialize;
 
 pub const DEFAULT_SOCKET: &str = "/run/autoheal/agent.sock";

@@ -8,7 +8,7 @@ use autoheal_agent::{
     config::{IdentitySource, LoadError},
     status,
 };
-use autoheal_proto::tls::DisplayChain;
+use autoheal_common::error::DisplayChain;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -171,7 +171,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                             ));
                         }
                     }
-                    if let Err(e) = autoheal_proto::tls::client_config(material) {
+                    if let Err(e) = autoheal_common::tls::client_config(material) {
                         problems.push(("tls.key".to_owned(), DisplayChain(&e).to_string()));
                     }
                 }

@@ -296,7 +296,7 @@ impl Metrics {
         let mut open = String::new();
         // Writing into a String can't fail.
         let _ = prometheus_client::encoding::text::encode(&mut open, &m.registry);
-        autoheal_proto::exposition::from_openmetrics(&open)
+        autoheal_common::exposition::from_openmetrics(&open)
     }
 }
 
@@ -362,7 +362,7 @@ impl MetricsServer {
         let response = match request_target(&head) {
             Some(("GET", "/metrics")) => {
                 let body = self.metrics.render(&self.services, self.reporter.as_ref());
-                response("200 OK", autoheal_proto::exposition::CONTENT_TYPE, &body)
+                response("200 OK", autoheal_common::exposition::CONTENT_TYPE, &body)
             }
             _ => response(
                 "404 Not Found",

@@ -413,7 +413,7 @@ mod grpc {
     }
 
     fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-        autoheal_proto::tls::DisplayChain(e).to_string()
+        autoheal_common::error::DisplayChain(e).to_string()
     }
 }
 

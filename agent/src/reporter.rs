@@ -5,9 +5,12 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+use autoheal_common::{
+    error::DisplayChain,
+    tls::{self, TlsFiles},
+};
 use autoheal_proto::{
     MAX_MESSAGE_BYTES, VERSION,
-    tls::{self, DisplayChain, TlsFiles},
     v1::{self, agent_message, agent_service_client::AgentServiceClient, coordinator_message},
 };
 use serde::Serialize;

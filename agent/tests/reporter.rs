@@ -15,7 +15,7 @@ use support::*;
 
 fn agent_toml(
     dir: &std::path::Path,
-    agent_tls: &autoheal_proto::tls::TlsFiles,
+    agent_tls: &autoheal_common::tls::TlsFiles,
     endpoints: &[String],
     services: &str,
 ) -> String {

@@ -8,11 +8,11 @@ use std::{
     time::Duration,
 };
 
-use autoheal_proto::{
+use autoheal_common::{
     config::{ConfigErrors, RawTls, parse_toml_collecting},
-    identity::TrustDomain,
     tls::TlsFiles,
 };
+use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -304,10 +304,10 @@ impl Config {
     pub fn check_files(&self) -> ConfigErrors {
         let mut errors = ConfigErrors::default();
         match self.tls.load() {
-            Err(e) => errors.push("tls", autoheal_proto::tls::DisplayChain(&e).to_string()),
+            Err(e) => errors.push("tls", autoheal_common::error::DisplayChain(&e).to_string()),
             Ok(material) => {
-                if let Err(e) = autoheal_proto::tls::server_config(material, &self.trust_domain) {
-                    errors.push("tls", autoheal_proto::tls::DisplayChain(&e).to_string());
+                if let Err(e) = autoheal_common::tls::server_config(material, &self.trust_domain) {
+                    errors.push("tls", autoheal_common::error::DisplayChain(&e).to_string());
                 }
             }
         }
@@ -404,7 +404,7 @@ fn guard_override(
 ) -> autoheal_policy::GuardrailOverride {
     let mut d = |name: &str, v: &Option<String>| {
         v.as_deref()
-            .and_then(|v| match autoheal_proto::config::parse_duration(v) {
+            .and_then(|v| match autoheal_common::config::parse_duration(v) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     errors.push(format!("{prefix}{name}"), e);

@@ -3,9 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use autoheal_common::tls::{self, TlsFiles};
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
-    tls::{self, TlsFiles},
     v1::{self, fleet_service_client::FleetServiceClient},
 };
 use serde_json::{Value, json};

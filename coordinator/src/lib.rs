@@ -22,5 +22,5 @@ pub mod store;
 
 /// An error with its `source()` chain, `a: b: c`, for one-line logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    autoheal_proto::tls::DisplayChain(error).to_string()
+    autoheal_common::error::DisplayChain(error).to_string()
 }

@@ -196,7 +196,7 @@ impl Metrics {
         let mut open = String::new();
         // Writing into a String can't fail.
         let _ = prometheus_client::encoding::text::encode(&mut open, &self.registry);
-        autoheal_proto::exposition::from_openmetrics(&open)
+        autoheal_common::exposition::from_openmetrics(&open)
     }
 
     pub fn agent_event(&self, kind: &EventKind, duplicate: bool) {
@@ -383,7 +383,7 @@ fn respond<B>(req: &Request<B>) -> Response<String> {
         if req.method() == Method::GET && req.uri().path() == "/metrics" {
             (
                 StatusCode::OK,
-                autoheal_proto::exposition::CONTENT_TYPE,
+                autoheal_common::exposition::CONTENT_TYPE,
                 global().render(),
             )
         } else {

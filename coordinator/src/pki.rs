@@ -265,7 +265,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use autoheal_proto::tls::TlsFiles;
+    use autoheal_common::tls::TlsFiles;
 
     use super::*;
 

@@ -3,9 +3,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use autoheal_common::tls::{ServerReloader, TlsError};
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
-    tls::{ServerReloader, TlsError},
     v1::{
         self, agent_service_server::AgentServiceServer, fleet_service_server::FleetServiceServer,
     },

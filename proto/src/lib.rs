@@ -3,17 +3,12 @@
 //! - [`v1`]: the `autoheal.v1` messages and services, generated from `proto/` and checked in
 //!   under `src/generated/` (so no one needs `protoc`; `tests/bootstrap.rs` fails on drift).
 //! - [`identity`]: SPIFFE-style identities carried in certificate URI SANs and the roles they bind.
-//! - [`tls`]: rustls server and client configurations for mutual TLS, and a reloader that swaps
-//!   them when the certificate files change on disk.
-//! - [`exposition`]: the Prometheus text format of the `/metrics` endpoints.
 //!
-//! This crate must not depend on agent or coordinator logic, on the AWS SDK, or on any I/O beyond
-//! reading certificate files.
+//! TLS configurations, config vocabulary and the other shared pieces live in `autoheal-common`.
+//! This crate must not depend on any other crate of ours, on agent or coordinator logic, on the
+//! AWS SDK, or on any I/O.
 
-pub mod config;
-pub mod exposition;
 pub mod identity;
-pub mod tls;
 
 /// The `autoheal.v1` package.
 #[allow(

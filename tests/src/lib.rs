@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use autoheal_common::tls::{self, TlsFiles};
 use autoheal_coordinator::pki;
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
     identity::{Role, TrustDomain},
-    tls::{self, TlsFiles},
     v1::{agent_service_client::AgentServiceClient, fleet_service_client::FleetServiceClient},
 };
 use tonic::transport::Channel;

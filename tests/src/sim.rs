@@ -8,10 +8,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use autoheal_proto::{
-    tls::TlsFiles,
-    v1::{self, agent_message, coordinator_message},
-};
+use autoheal_common::tls::TlsFiles;
+use autoheal_proto::v1::{self, agent_message, coordinator_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use autoheal_common::config::ConfigErrors;
 use autoheal_coordinator::{
     aws::AwsSettings,
     fleet::Fleet,
@@ -21,7 +22,6 @@ use autoheal_coordinator::{
         SnsTopic, spawn_notifications,
     },
 };
-use autoheal_proto::config::ConfigErrors;
 use autoheal_tests::moto::Moto;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

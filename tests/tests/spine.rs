@@ -2,10 +2,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use autoheal_common::tls::{PROTOCOL_VERSIONS, TlsFiles, provider};
 use autoheal_coordinator::pki::{self, Validity};
 use autoheal_proto::{
     identity::Role,
-    tls::{PROTOCOL_VERSIONS, TlsFiles, provider},
     v1::{self, agent_message, coordinator_message},
 };
 use autoheal_tests::{
@@ -510,7 +510,7 @@ async fn oversized_messages_are_resource_exhausted_and_server_keeps_serving() {
 async fn health_and_reflection_are_served() {
     let pki = Pki::new();
     let coordinator = Coordinator::start(&pki, "");
-    let channel = autoheal_proto::tls::channel(
+    let channel = autoheal_common::tls::channel(
         &coordinator.endpoint(),
         client_config(&pki.viewer()),
         Duration::from_secs(5),
@@ -617,7 +617,7 @@ async fn server_reflection_lists_the_services() {
     };
     let pki = Pki::new();
     let coordinator = Coordinator::start(&pki, "");
-    let channel = autoheal_proto::tls::channel(
+    let channel = autoheal_common::tls::channel(
         &coordinator.endpoint(),
         client_config(&pki.viewer()),
         Duration::from_secs(5),

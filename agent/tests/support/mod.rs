@@ -13,9 +13,9 @@ use std::{
 };
 
 use autoheal_agent::{Agent, Config, state::Emitted};
+use autoheal_common::tls::{TlsFiles, server_config};
 use autoheal_proto::{
     identity::TrustDomain,
-    tls::{TlsFiles, server_config},
     v1::{
         self, agent_message, agent_service_server::AgentService,
         agent_service_server::AgentServiceServer, coordinator_message,

@@ -6,10 +6,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use autoheal_common::tls::TlsFiles;
 use autoheal_coordinator::{ctl, pki};
 use autoheal_proto::{
     identity::{Role, TrustDomain},
-    tls::TlsFiles,
     v1,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};

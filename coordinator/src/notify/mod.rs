@@ -21,7 +21,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use autoheal_proto::config::ConfigErrors;
+use autoheal_common::config::ConfigErrors;
 use serde::Deserialize;
 use tokio::{
     sync::{broadcast, mpsc},

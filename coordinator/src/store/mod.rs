@@ -60,12 +60,10 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 pub use dynamo::{DynamoStore, create_table};
 pub use embedded::EmbeddedStore;
@@ -237,42 +235,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn release_lease(&self, held: &LeaseRecord) -> Result<(), StoreError>;
 }
 
-/// Time, from a clock the caller passes in. Monotonic time is tokio's (so `tokio::time::pause`
-/// drives it, and a SIGSTOPped process sees the time it slept); wall time is what lease expiries
-/// in the store are written in.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-    fn wall(&self) -> SystemTime;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn wall(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-pub type SharedClock = Arc<dyn Clock>;
-
-pub fn system_clock() -> SharedClock {
-    Arc::new(SystemClock)
-}
-
-/// Unix milliseconds, saturating.
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-}
+pub use autoheal_common::clock::{Clock, SharedClock, SystemClock, system as system_clock};
+use autoheal_common::clock::{from_unix_ms, unix_ms};
 
 /// `FleetEvent` as stored (the fleet's type stays free of serde).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

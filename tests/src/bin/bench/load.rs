@@ -25,9 +25,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use autoheal_common::tls::{self, TlsFiles};
 use autoheal_proto::{
     identity::{Identity, TrustDomain},
-    tls::{self, TlsFiles},
     v1::{
         self, AgentMessage, CoordinatorMessage, agent_message,
         agent_service_client::AgentServiceClient,

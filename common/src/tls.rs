@@ -24,9 +24,11 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
 use tokio::sync::watch;
+
+use crate::error::DisplayChain;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::{Identity, TrustDomain};
+use autoheal_proto::identity::{Identity, TrustDomain};
 
 /// The protocol versions we speak: TLS 1.3 preferred, 1.2 for older peers, nothing older.
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
@@ -66,7 +68,7 @@ pub enum TlsError {
     Identity {
         path: PathBuf,
         #[source]
-        source: crate::identity::IdentityError,
+        source: autoheal_proto::identity::IdentityError,
     },
 }
 
@@ -367,22 +369,6 @@ fn fingerprint(files: &TlsFiles) -> Vec<u8> {
         all.push(0);
     }
     all
-}
-
-/// Displays an error with its `source()` chain, `a: b: c`.
-#[derive(Debug)]
-pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
 }
 
 /// A gRPC channel to `endpoint` (`host:port` or `https://host:port`) over mutual TLS with
