@@ -21,20 +21,23 @@
 //! Dry-run ASGs get [`DecisionKind::WouldAct`], which is not executable, and leave the book as it
 //! was.
 
+mod assess;
 mod config;
+mod decision;
 mod engine;
 mod fleet;
 mod guardrail;
 mod remediation;
 mod time;
 
+pub use assess::{AlbHealth, Assessment, Assessments};
 pub use config::{
     Config, ConfigError, ConfigProblem, GuardrailConfig, GuardrailOverride, LadderConfig, RawConfig,
 };
-pub use engine::{
-    Action, AlbHealth, Alert, Assessment, Decision, DecisionKind, Engine, FleetAlert, Plan,
-    PolicyError, Waiting, WhatIf,
+pub use decision::{
+    Action, Alert, Decision, DecisionKind, FleetAlert, Plan, PolicyError, Waiting, WhatIf,
 };
+pub use engine::Engine;
 pub use fleet::{
     AgentView, AsgHealth, AsgInstance, AsgName, Az, Escalation, Fleet, InstanceId, InstanceView,
     Lifecycle, Pause, TargetGroup, TargetState, TargetView,

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autoheal_policy::{
-    Action, AgentView, AsgHealth, AsgInstance, AsgName, Az, Config, Decision, DecisionKind, Engine,
-    Escalation, Fleet, Guardrail, InstanceId, InstanceView, Lifecycle, Outcome, Plan,
-    RemediationBook, TargetGroup, TargetState, TargetView, Timestamp,
+    Action, AgentView, AsgHealth, AsgInstance, AsgName, Assessments, Az, Config, Decision,
+    DecisionKind, Engine, Escalation, Fleet, Guardrail, InstanceId, InstanceView, Lifecycle,
+    Outcome, Plan, RemediationBook, TargetGroup, TargetState, TargetView, Timestamp,
 };
 
 /// The simulated clock starts here; instances built by the helpers launched an hour earlier.
@@ -186,16 +186,24 @@ impl Sim {
 
     /// Records verdict flips the way the coordinator's fleet view does, then decides.
     pub fn decide(&mut self) -> Plan {
-        self.track_verdicts();
-        let plan = self.engine.decide(&self.fleet, &mut self.book, self.now);
+        // One reading per instance per pass, as the coordinator does: the verdicts and the
+        // decisions both use it.
+        let assessments = self.engine.assess_fleet(&self.fleet, self.now);
+        self.track_verdicts(&assessments);
+        let plan = self
+            .engine
+            .decide_assessed(&self.fleet, &assessments, &mut self.book, self.now);
         self.log
             .extend(plan.decisions.iter().map(|d| (self.now, d.clone())));
         plan
     }
 
-    pub fn track_verdicts(&mut self) {
+    pub fn track_verdicts(&mut self, assessments: &Assessments) {
         for inst in &mut self.fleet.instances {
-            let bad = self.engine.assess(inst, self.now).is_bad();
+            let bad = match assessments.get(&inst.id) {
+                Some(a) => a.is_bad(),
+                None => self.engine.assess(inst, self.now).is_bad(),
+            };
             let previous = self.verdicts.insert(inst.id.clone(), bad);
             if previous.is_some_and(|p| p != bad) {
                 inst.health_changes.push(self.now);
