@@ -10,6 +10,8 @@ use crate::time::Timestamp;
 
 /// Why a remediation started: which rung of the ladder the instance entered on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "cause", rename_all = "kebab-case"))]
 pub enum Cause {
     /// The agent exhausted local healing for `service`.
     Escalated {
@@ -34,6 +36,8 @@ impl fmt::Display for Cause {
 
 /// A step that calls AWS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum Step {
     /// Run the fixed SSM command (restart agent and services).
     Ssm,
@@ -55,6 +59,8 @@ impl fmt::Display for Step {
 
 /// Where a remediation is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(into = "wire::Stage", from = "wire::Stage"))]
 pub enum Stage {
     /// `step` was decided (attempt `attempt`, counting from 1); its outcome has not come back.
     Requested {
@@ -114,6 +120,8 @@ impl fmt::Display for Stage {
 
 /// How a remediation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "ending", rename_all = "kebab-case"))]
 pub enum Ending {
     /// The instance recovered before traffic was taken from it.
     Recovered,
@@ -188,6 +196,7 @@ impl fmt::Display for Outcome {
 
 /// One line of a remediation's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// When.
     pub at: Timestamp,
@@ -197,6 +206,7 @@ pub struct Entry {
 
 /// One instance's remediation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Remediation {
     /// The instance.
     pub instance: InstanceId,
@@ -249,6 +259,81 @@ impl Remediation {
         });
         self.stage = stage;
         self.stage_since = now;
+    }
+}
+
+/// The persisted shape of [`Stage`]: tagged by `"stage"`, the ending of a finished remediation
+/// nested under `"end"` (an internally tagged newtype variant would flatten it, and records
+/// written before the `serde` feature nest it).
+#[cfg(feature = "serde")]
+mod wire {
+    use super::{Ending, Step};
+    use crate::fleet::TargetGroup;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "stage", rename_all = "kebab-case")]
+    pub(super) enum Stage {
+        Requested {
+            step: Step,
+            attempt: u32,
+        },
+        Failed {
+            step: Step,
+            attempt: u32,
+            error: String,
+        },
+        SsmSent {
+            result: Option<bool>,
+        },
+        Draining {
+            target_groups: Vec<TargetGroup>,
+        },
+        Drained,
+        Finished {
+            end: Ending,
+        },
+    }
+
+    impl From<super::Stage> for Stage {
+        fn from(s: super::Stage) -> Self {
+            match s {
+                super::Stage::Requested { step, attempt } => Stage::Requested { step, attempt },
+                super::Stage::Failed {
+                    step,
+                    attempt,
+                    error,
+                } => Stage::Failed {
+                    step,
+                    attempt,
+                    error,
+                },
+                super::Stage::SsmSent { result } => Stage::SsmSent { result },
+                super::Stage::Draining { target_groups } => Stage::Draining { target_groups },
+                super::Stage::Drained => Stage::Drained,
+                super::Stage::Finished(end) => Stage::Finished { end },
+            }
+        }
+    }
+
+    impl From<Stage> for super::Stage {
+        fn from(s: Stage) -> Self {
+            match s {
+                Stage::Requested { step, attempt } => super::Stage::Requested { step, attempt },
+                Stage::Failed {
+                    step,
+                    attempt,
+                    error,
+                } => super::Stage::Failed {
+                    step,
+                    attempt,
+                    error,
+                },
+                Stage::SsmSent { result } => super::Stage::SsmSent { result },
+                Stage::Draining { target_groups } => super::Stage::Draining { target_groups },
+                Stage::Drained => super::Stage::Drained,
+                Stage::Finished { end } => super::Stage::Finished(end),
+            }
+        }
     }
 }
 
@@ -483,6 +568,64 @@ mod tests {
             )
             .expect_err("unknown instance");
         assert!(matches!(err, BookError::NoRemediation { .. }), "{err}");
+    }
+
+    /// The coordinator stores remediations in this shape (format 1 of its book records); the
+    /// derives must keep writing and reading it.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_keeps_the_stored_shape() {
+        use serde_json::json;
+        let (mut book, id) = book_with_ssm();
+        let t = Timestamp::from_secs(2);
+        book.record(&id, Outcome::SsmSent, t).expect("sent fits");
+        book.enter(
+            &id,
+            Stage::Finished(Ending::GaveUp {
+                step: Step::Ssm,
+                error: "x".into(),
+            }),
+            t,
+        );
+        let r = book.get(&id).expect("record").clone();
+        let stored = json!({
+            "instance": "i-1",
+            "asg": "web",
+            "cause": {"cause": "silent"},
+            "started_at": 1000,
+            "stage": {"stage": "finished", "end": {"ending": "gave-up", "step": "ssm", "error": "x"}},
+            "stage_since": 2000,
+            "history": [
+                {"at": 1000, "stage": {"stage": "requested", "step": "ssm", "attempt": 1}},
+                {"at": 2000, "stage": {"stage": "ssm-sent", "result": null}},
+                {"at": 2000, "stage": {"stage": "finished", "end": {"ending": "gave-up", "step": "ssm", "error": "x"}}},
+            ],
+        });
+        assert_eq!(serde_json::to_value(&r).expect("serialises"), stored);
+        let back: Remediation = serde_json::from_value(stored).expect("deserialises");
+        assert_eq!(back, r);
+        let escalated = Cause::Escalated {
+            service: "nginx".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&escalated).expect("serialises"),
+            json!({"cause": "escalated", "service": "nginx"})
+        );
+        assert_eq!(
+            serde_json::to_value(Cause::AlbUnhealthy).expect("serialises"),
+            json!({"cause": "alb-unhealthy"})
+        );
+        let draining = Stage::Draining {
+            target_groups: vec![TargetGroup::from("arn:tg/1")],
+        };
+        assert_eq!(
+            serde_json::to_value(&draining).expect("serialises"),
+            json!({"stage": "draining", "target_groups": ["arn:tg/1"]})
+        );
+        assert_eq!(
+            serde_json::to_value(Step::Deregister).expect("serialises"),
+            json!("deregister")
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 /// A point in time: milliseconds since an epoch the caller picks (the coordinator uses the Unix
 /// epoch). Only differences between timestamps matter to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct Timestamp(u64);
 
 impl Timestamp {
