@@ -13,9 +13,9 @@ use crate::{
     clock::SharedClock,
     config::{Config, IdentitySource},
     metrics::{Metrics, MetricsServer},
-    reporter::{Reporter, ReporterStatus},
+    reporter::Reporter,
     service::{Supervisor, initial_snapshot},
-    state::{EventSink, ServiceSnapshot},
+    state::{EventSink, ReporterStatus, ServiceSnapshot},
     status::{self, StatusError, StatusServer},
 };
 

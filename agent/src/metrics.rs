@@ -23,36 +23,11 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    reporter::ReporterStatus,
-    state::{ServiceSnapshot, ServiceState},
-};
+use crate::state::{ReporterStatus, ServiceSnapshot, ServiceState};
 
 /// Upper bounds of the check latency histogram, in seconds: local probes take milliseconds, a
 /// slow HTTP or exec check seconds.
 const LATENCY_BUCKETS: [f64; 5] = [0.005, 0.025, 0.1, 0.5, 2.5];
-
-const STATES: [ServiceState; 7] = [
-    ServiceState::Starting,
-    ServiceState::Healthy,
-    ServiceState::Unhealthy,
-    ServiceState::Restarting,
-    ServiceState::Flapping,
-    ServiceState::WaitingOnDependency,
-    ServiceState::Escalated,
-];
-
-fn state_name(state: ServiceState) -> &'static str {
-    match state {
-        ServiceState::Starting => "starting",
-        ServiceState::Healthy => "healthy",
-        ServiceState::Unhealthy => "unhealthy",
-        ServiceState::Restarting => "restarting",
-        ServiceState::Flapping => "flapping",
-        ServiceState::WaitingOnDependency => "waiting_on_dependency",
-        ServiceState::Escalated => "escalated",
-    }
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckRun {
@@ -272,11 +247,11 @@ impl Metrics {
         let m = &self.0;
         for rx in services {
             let snapshot = rx.borrow();
-            for state in STATES {
+            for state in ServiceState::ALL {
                 m.service_state
                     .get_or_create(&StateKey {
                         service: snapshot.name.clone(),
-                        state: state_name(state),
+                        state: state.as_str(),
                     })
                     .set(i64::from(snapshot.state == state));
             }

@@ -6,15 +6,7 @@ use std::{collections::VecDeque, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::config::RestartPolicyConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Unknown,
-    Healthy,
-    Unhealthy,
-}
+use crate::{config::RestartPolicyConfig, state::Verdict};
 
 /// Consecutive-result thresholds of one check, with a startup grace during which failures
 /// before the first success don't count.

@@ -21,9 +21,9 @@ use crate::{
     clock::{self, SharedClock},
     config::{Action, ServiceConfig},
     metrics::ServiceMetrics,
-    policy::{FlapDetector, RestartBudget, Threshold, Verdict},
+    policy::{FlapDetector, RestartBudget, Threshold},
     probe::Outcome,
-    state::{CheckSnapshot, EventSink, ServiceSnapshot, ServiceState},
+    state::{CheckSnapshot, EventSink, ServiceSnapshot, ServiceState, Verdict},
 };
 
 /// Restart attempts kept as escalation evidence.

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{reporter::ReporterStatus, state::ServiceSnapshot};
+use crate::state::{ReporterStatus, ServiceSnapshot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -188,10 +188,7 @@ pub fn render(report: &StatusReport) -> String {
         out.push_str("coordinator: not configured (local healing only)\n");
     }
     for s in &report.services {
-        let state = serde_json::to_value(s.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let state = s.state.as_str();
         let _ = writeln!(
             out,
             "\n{:<20} {:<22} restarts {}{}  {}",
@@ -202,10 +199,7 @@ pub fn render(report: &StatusReport) -> String {
             s.reason
         );
         for c in &s.checks {
-            let status = serde_json::to_value(c.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let status = c.status.as_str();
             let dep = c
                 .dependency
                 .as_ref()

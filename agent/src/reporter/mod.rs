@@ -13,7 +13,6 @@ use autoheal_proto::{
     MAX_MESSAGE_BYTES, VERSION,
     v1::{self, agent_message, agent_service_client::AgentServiceClient, coordinator_message},
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +22,7 @@ use crate::{
     config::{CoordinatorConfig, IdentitySource},
     identity::{self, InstanceIdentity},
     metrics::Metrics,
-    state::{Emitted, ServiceSnapshot},
+    state::{Emitted, ReporterStatus, ServiceSnapshot},
 };
 
 mod buffer;
@@ -34,19 +33,6 @@ pub use buffer::EventBuffer;
 pub fn full_jitter(initial: Duration, cap: Duration, attempt: u32, random: f64) -> Duration {
     let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(cap);
     ceiling.mul_f64(random.clamp(0.0, 1.0))
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ReporterStatus {
-    pub connected: bool,
-    pub endpoint: Option<String>,
-    pub coordinator_id: Option<String>,
-    pub epoch: u64,
-    pub last_seq: u64,
-    pub unacked: usize,
-    pub dropped_events: u64,
-    pub healing_paused: bool,
-    pub last_error: Option<String>,
 }
 
 #[derive(Debug)]
