@@ -1,26 +1,32 @@
-//! autoheal's coordinator: the fleet view fed by agent streams, the operator API, and (in
-//! `autohealctl`) the client and development PKI.
+//! autoheal's coordinator: the fleet view fed by agent streams, the guardrailed decisions of the
+//! `autoheal-policy` engine carried out on AWS behind a write-ahead journal, notifications, and
+//! the operator API.
 //!
-//! I/O lives at the edges: `grpc` is the only module that knows wire types; the decision engine
-//! lives in the pure `autoheal-policy` crate. This crate must not be depended on by the agent.
+//! Layers, each importing only from the ones before it (`scripts/check-layers.py` fails CI on a
+//! cycle):
+//!
+//! 1. [`model`]: plain data — agent reports, fleet events, journal entries, the typed inventory.
+//! 2. [`ports`]: the traits the coordinator acts through — `ScalingGroups`, `LoadBalancer`,
+//!    `RemoteCommand`, `Store`, `Notifier` — each with its own error type.
+//! 3. [`adapters`]: their implementations — the AWS SDK, the embedded and DynamoDB stores, the
+//!    notification sinks — plus [`metrics`], a leaf that imports nothing of ours.
+//! 4. [`services`]: the fleet view, the leader lease, the journal, the control loop, notify.
+//! 5. [`edges`]: gRPC services and the TLS listener, config, and the server that wires it all.
+//!
+//! This crate must not be depended on by the agent; the wire types stop at `edges::grpc`.
 
-pub mod aws;
-pub mod aws_actions;
-pub mod book;
-pub mod config;
-pub mod control;
-pub mod ctl;
-pub mod fleet;
-pub mod grpc;
-pub mod journal;
+pub mod adapters;
+pub mod edges;
 pub mod metrics;
-pub mod notify;
+pub mod model;
+pub mod ports;
+pub mod services;
+
+pub mod book;
+pub mod ctl;
 pub mod pki;
-pub mod report;
-pub mod server;
-pub mod store;
 
 /// An error with its `source()` chain, `a: b: c`, for one-line logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    autoheal_common::error::DisplayChain(error).to_string()
+    autoheal_common::error::chain(error)
 }

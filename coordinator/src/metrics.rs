@@ -25,11 +25,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    fleet::Fleet,
-    journal::{Phase, Step},
-    report::EventKind,
-};
+use crate::model::report::EventKind;
+use crate::services::fleet::Fleet;
+use crate::services::journal::Phase;
+use crate::services::journal::Step;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -499,7 +498,7 @@ mod tests {
             operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsError as E,
         };
 
-        let settings = crate::aws::AwsSettings {
+        let settings = crate::adapters::aws::AwsSettings {
             max_attempts: 2,
             base_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(1),
@@ -515,7 +514,7 @@ mod tests {
                 .get()
         };
         let mut fail_first = true;
-        let done: Result<(), _> = crate::aws::retry(&settings, "MetricsTestCall", || {
+        let done: Result<(), _> = crate::adapters::aws::retry(&settings, "MetricsTestCall", || {
             let fail = std::mem::take(&mut fail_first);
             async move {
                 if fail {
@@ -528,10 +527,11 @@ mod tests {
         .await;
         assert!(done.is_ok());
         assert_eq!((count("retried"), count("ok"), count("failed")), (1, 1, 0));
-        let failed: Result<(), _> = crate::aws::retry(&settings, "MetricsTestCall", || async {
-            Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
-        })
-        .await;
+        let failed: Result<(), _> =
+            crate::adapters::aws::retry(&settings, "MetricsTestCall", || async {
+                Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
+            })
+            .await;
         assert!(failed.is_err());
         assert_eq!((count("retried"), count("ok"), count("failed")), (2, 1, 1));
     }

@@ -1,9 +1,10 @@
-//! `autoheal-coordinator`: wires config, logging and signals to `autoheal_coordinator::server`.
+//! `autoheal-coordinator`: wires config, logging and signals to `autoheal_coordinator::edges::server`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use autoheal_coordinator::{config::Config, server};
+use autoheal_coordinator::edges::config::Config;
+use autoheal_coordinator::edges::server;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// sysexits EX_USAGE: the configuration is wrong, retrying won't help.

@@ -7,7 +7,8 @@ use std::{
 
 use anyhow::Context as _;
 use autoheal_common::tls::TlsFiles;
-use autoheal_coordinator::{ctl, pki};
+use autoheal_coordinator::ctl;
+use autoheal_coordinator::pki;
 use autoheal_proto::{
     identity::{Role, TrustDomain},
     v1,

@@ -14,10 +14,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::PeerInfo;
-use crate::{
-    fleet::{Fleet, Recorded, Session},
-    report::{Event, Heartbeat, Hello},
-};
+use crate::model::report::Event;
+use crate::model::report::Heartbeat;
+use crate::model::report::Hello;
+use crate::services::fleet::Fleet;
+use crate::services::fleet::Recorded;
+use crate::services::fleet::Session;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -52,10 +52,6 @@
 //! # }
 //! ```
 
-mod dynamo;
-mod embedded;
-mod lease;
-
 use std::{
     collections::BTreeMap,
     fmt,
@@ -65,19 +61,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use dynamo::{DynamoStore, create_table};
-pub use embedded::EmbeddedStore;
-pub use lease::{LeaderState, Lease, LeaseHandle, LeaseSettings, LeaseSettingsError};
-
-use crate::aws::AwsError;
-pub use crate::{
-    fleet::{FleetEvent, PauseState},
-    journal::Entry,
-};
-
-/// The SDK crate the DynamoDB backend is built on, so callers (tests, `autohealctl`) can build a
-/// client without a dependency of their own.
-pub use aws_sdk_dynamodb;
+use crate::ports::aws::AwsError;
+use crate::services::fleet::FleetEvent;
+use crate::services::fleet::PauseState;
+use crate::services::journal::Entry;
 
 /// Which journal entries to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,9 +227,9 @@ use autoheal_common::clock::{from_unix_ms, unix_ms};
 
 /// `FleetEvent` as stored (the fleet's type stays free of serde).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct StoredEvent {
-    cursor: u64,
-    at_ms: u64,
+pub(crate) struct StoredEvent {
+    pub(crate) cursor: u64,
+    pub(crate) at_ms: u64,
     instance_id: String,
     asg: String,
     kind: String,

@@ -16,7 +16,12 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{Claim, LeaseClaim, LeaseRecord, SharedClock, Store, StoreError};
+use crate::ports::store::Claim;
+use crate::ports::store::LeaseClaim;
+use crate::ports::store::LeaseRecord;
+use crate::ports::store::SharedClock;
+use crate::ports::store::Store;
+use crate::ports::store::StoreError;
 
 /// Whether this coordinator leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,7 +322,8 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EmbeddedStore, system_clock};
+    use crate::adapters::store::EmbeddedStore;
+    use crate::ports::store::system_clock;
 
     fn settings(owner: &str) -> LeaseSettings {
         LeaseSettings {

@@ -5,10 +5,16 @@ use std::time::{Duration, SystemTime};
 
 use autoheal_proto::{identity::validate_segment, v1};
 
-use crate::report::{
-    CheckResult, CheckSpec, CheckStatus, Event, EventKind, Heartbeat, Hello, RestartAttempt,
-    ServiceSpec, ServiceState,
-};
+use crate::model::report::CheckResult;
+use crate::model::report::CheckSpec;
+use crate::model::report::CheckStatus;
+use crate::model::report::Event;
+use crate::model::report::EventKind;
+use crate::model::report::Heartbeat;
+use crate::model::report::Hello;
+use crate::model::report::RestartAttempt;
+use crate::model::report::ServiceSpec;
+use crate::model::report::ServiceState;
 
 /// A field of an incoming message that can't be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,10 +19,21 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Claim, Entry, FleetEvent, JournalQuery, LeaseClaim, LeaseRecord, PauseState, SharedClock, Skip,
-    Store, StoreError, StoredEvent, from_unix_ms, system_clock, unix_ms,
-};
+use crate::ports::store::Claim;
+use crate::ports::store::JournalQuery;
+use crate::ports::store::LeaseClaim;
+use crate::ports::store::LeaseRecord;
+use crate::ports::store::SharedClock;
+use crate::ports::store::Skip;
+use crate::ports::store::Store;
+use crate::ports::store::StoreError;
+use crate::ports::store::StoredEvent;
+use crate::ports::store::system_clock;
+use crate::services::fleet::FleetEvent;
+use crate::services::fleet::PauseState;
+use crate::services::journal::Entry;
+use autoheal_common::clock::from_unix_ms;
+use autoheal_common::clock::unix_ms;
 
 const FILE_NAME: &str = "store.log";
 const HEADER: usize = 8;
@@ -634,7 +645,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::journal::{Phase, Step};
+    use crate::services::journal::Phase;
+    use crate::services::journal::Step;
 
     fn entry(key: &str, instance: &str, token: u64, at_ms: u64) -> Entry {
         Entry {

@@ -30,7 +30,7 @@ struct RawConfig {
     aws: Option<RawAws>,
     ladder: Option<RawLadder>,
     guardrails: Option<RawGuardrails>,
-    notify: Option<crate::notify::RawNotify>,
+    notify: Option<crate::services::notify::RawNotify>,
     store: Option<RawStore>,
 }
 
@@ -109,10 +109,10 @@ struct RawGuardrails {
 /// How the coordinator reaches AWS and which groups it looks after.
 #[derive(Debug, Clone)]
 pub struct AwsConfig {
-    pub settings: crate::aws::AwsSettings,
-    pub selector: crate::aws::Selector,
+    pub settings: crate::adapters::aws::AwsSettings,
+    pub selector: crate::model::inventory::Selector,
     pub interval: Duration,
-    pub replace_with: crate::control::ReplaceWith,
+    pub replace_with: crate::services::control::ReplaceWith,
     pub respect_grace_period: bool,
 }
 
@@ -144,7 +144,7 @@ pub struct Config {
     /// `None`: no `[aws]` section, the coordinator only watches (no inventory, no actions).
     pub aws: Option<AwsConfig>,
     pub policy: autoheal_policy::Config,
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: crate::services::notify::NotifyConfig,
     pub store: StoreConfig,
 }
 
@@ -266,7 +266,7 @@ impl Config {
         let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
         // Always built: the webhook environment variable alone can turn Slack on.
-        let notify = crate::notify::NotifyConfig::from_raw(
+        let notify = crate::services::notify::NotifyConfig::from_raw(
             raw.notify.unwrap_or_default(),
             base,
             |k| std::env::var(k).ok(),
@@ -316,8 +316,9 @@ impl Config {
 }
 
 fn aws_config(raw: RawAws, errors: &mut ConfigErrors) -> AwsConfig {
-    use crate::{aws::Selector, control::ReplaceWith};
-    let defaults = crate::aws::AwsSettings::default();
+    use crate::model::inventory::Selector;
+    use crate::services::control::ReplaceWith;
+    let defaults = crate::adapters::aws::AwsSettings::default();
     let region = raw
         .region
         .or_else(|| std::env::var("AWS_REGION").ok())
@@ -377,7 +378,7 @@ fn aws_config(raw: RawAws, errors: &mut ConfigErrors) -> AwsConfig {
         errors.push("aws.interval", "must be at least 100ms");
     }
     AwsConfig {
-        settings: crate::aws::AwsSettings {
+        settings: crate::adapters::aws::AwsSettings {
             region,
             endpoint: raw
                 .endpoint

@@ -12,10 +12,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    aws::{Group, Member, Target},
-    report::{Event, EventKind, Heartbeat, Hello, ServiceSpec, ServiceState},
-};
+use crate::model::inventory::Group;
+use crate::model::inventory::Member;
+use crate::model::inventory::Target;
+use crate::model::report::Event;
+use crate::model::report::EventKind;
+use crate::model::report::Heartbeat;
+use crate::model::report::Hello;
+use crate::model::report::ServiceSpec;
+use crate::model::report::ServiceState;
 
 /// How many fleet events are kept for `WatchEvents` resumption and `GetInstance`.
 const EVENT_LOG: usize = 10_000;
@@ -171,7 +176,7 @@ pub struct Skip {
 pub struct Fleet {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<FleetEvent>,
-    store: Option<Arc<dyn crate::store::Store>>,
+    store: Option<Arc<dyn crate::ports::store::Store>>,
     pub coordinator_id: Arc<str>,
     pub dry_run: bool,
 }
@@ -182,7 +187,7 @@ impl Fleet {
     pub fn new(
         coordinator_id: &str,
         dry_run: bool,
-        store: Option<Arc<dyn crate::store::Store>>,
+        store: Option<Arc<dyn crate::ports::store::Store>>,
     ) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
@@ -203,7 +208,7 @@ impl Fleet {
 
     /// Reads the pause and the skips from the store (at start, and when another replica may
     /// have changed them).
-    pub async fn load_persisted(&self) -> Result<(), crate::store::StoreError> {
+    pub async fn load_persisted(&self) -> Result<(), crate::ports::store::StoreError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
@@ -545,7 +550,7 @@ impl Fleet {
         paused: bool,
         reason: &str,
         by: &str,
-    ) -> Result<PauseState, crate::store::StoreError> {
+    ) -> Result<PauseState, crate::ports::store::StoreError> {
         let new = PauseState {
             paused,
             reason: reason.to_owned(),
@@ -579,7 +584,7 @@ impl Fleet {
         skip: bool,
         reason: &str,
         by: &str,
-    ) -> Result<Option<InstanceRecord>, crate::store::StoreError> {
+    ) -> Result<Option<InstanceRecord>, crate::ports::store::StoreError> {
         if !self.lock().instances.contains_key(instance) {
             return Ok(None);
         }
@@ -587,7 +592,7 @@ impl Fleet {
         if let Some(store) = &self.store {
             if skip {
                 store
-                    .set_skip(&crate::store::Skip {
+                    .set_skip(&crate::ports::store::Skip {
                         instance_id: instance.to_owned(),
                         reason: reason.to_owned(),
                         by: by.to_owned(),
@@ -715,7 +720,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::report::CheckStatus;
+    use crate::model::report::CheckStatus;
 
     fn hello(epoch: u64) -> Hello {
         Hello {
@@ -829,8 +834,8 @@ mod tests {
     #[tokio::test]
     async fn pause_and_skips_survive_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || -> Arc<dyn crate::store::Store> {
-            Arc::new(crate::store::EmbeddedStore::open(dir.path()).expect("store"))
+        let open = || -> Arc<dyn crate::ports::store::Store> {
+            Arc::new(crate::adapters::store::EmbeddedStore::open(dir.path()).expect("store"))
         };
         let fleet = Fleet::new("c", true, Some(open())).expect("fleet");
         let (_session, _) = fleet.agent_connected(&hello(1));

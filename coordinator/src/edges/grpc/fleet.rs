@@ -10,18 +10,20 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{PeerInfo, convert::service_state_to_wire};
-use crate::{
-    fleet::{Fleet, FleetEvent, InstanceFilter, InstanceRecord, PauseState},
-    report::ServiceState,
-};
+use crate::model::report::ServiceState;
+use crate::services::fleet::Fleet;
+use crate::services::fleet::FleetEvent;
+use crate::services::fleet::InstanceFilter;
+use crate::services::fleet::InstanceRecord;
+use crate::services::fleet::PauseState;
 
 #[derive(Debug, Clone)]
 pub struct FleetApi {
     pub fleet: Fleet,
-    pub journal: std::sync::Arc<crate::journal::Journal>,
+    pub journal: std::sync::Arc<crate::services::journal::Journal>,
     /// `None` when the coordinator runs without AWS (no inventory, no actions).
-    pub control: Option<crate::control::Handle>,
-    pub leadership: crate::store::LeaseHandle,
+    pub control: Option<crate::services::control::Handle>,
+    pub leadership: crate::services::lease::LeaseHandle,
     pub shutdown: CancellationToken,
 }
 
@@ -46,8 +48,9 @@ fn pause_to_wire(p: PauseState) -> v1::PauseState {
     }
 }
 
-pub fn action_to_wire(e: crate::journal::Entry) -> v1::Action {
-    use crate::journal::{Phase, Step};
+pub fn action_to_wire(e: crate::services::journal::Entry) -> v1::Action {
+    use crate::services::journal::Phase;
+    use crate::services::journal::Step;
     v1::Action {
         id: e.key,
         instance_id: e.instance_id,
@@ -417,7 +420,7 @@ impl FleetService for FleetApi {
         let (reply, answer) = tokio::sync::oneshot::channel();
         control
             .commands
-            .send(crate::control::Command::Drain {
+            .send(crate::services::control::Command::Drain {
                 instance: req.instance_id.clone(),
                 reason: if req.reason.is_empty() {
                     "operator drain".into()
@@ -431,13 +434,15 @@ impl FleetService for FleetApi {
             .map_err(|_| Status::unavailable("the control loop is not running"))?;
         match answer.await {
             Ok(Ok(entry)) => Ok(Response::new(action_to_wire(entry))),
-            Ok(Err(crate::control::DrainError::NotFound(id))) => Err(Status::not_found(format!(
-                "instance {id} is not in any managed auto scaling group"
-            ))),
-            Ok(Err(crate::control::DrainError::Held(why))) => Err(Status::failed_precondition(
-                format!("held by guardrails: {why}"),
+            Ok(Err(crate::services::control::DrainError::NotFound(id))) => Err(Status::not_found(
+                format!("instance {id} is not in any managed auto scaling group"),
             )),
-            Ok(Err(crate::control::DrainError::Failed(why))) => Err(Status::unavailable(why)),
+            Ok(Err(crate::services::control::DrainError::Held(why))) => Err(
+                Status::failed_precondition(format!("held by guardrails: {why}")),
+            ),
+            Ok(Err(crate::services::control::DrainError::Failed(why))) => {
+                Err(Status::unavailable(why))
+            }
             Err(_) => Err(Status::unavailable("the control loop stopped")),
         }
     }

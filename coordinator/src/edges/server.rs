@@ -19,16 +19,26 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    aws::sdk::Clients,
-    config::{Config, StoreBackend},
-    control::{Controller, Hands, Settings as ControlSettings},
-    fleet::Fleet,
-    grpc::{TlsListener, agent::AgentStreams, authz::AuthzLayer, fleet::FleetApi},
-    journal::Journal,
-    metrics::MetricsServer,
-    store::{DynamoStore, EmbeddedStore, LeaderState, Lease, LeaseSettings, Store, system_clock},
-};
+use crate::adapters::aws::sdk::Clients;
+use crate::adapters::store::DynamoStore;
+use crate::adapters::store::EmbeddedStore;
+use crate::edges::config::Config;
+use crate::edges::config::StoreBackend;
+use crate::edges::grpc::TlsListener;
+use crate::edges::grpc::agent::AgentStreams;
+use crate::edges::grpc::authz::AuthzLayer;
+use crate::edges::grpc::fleet::FleetApi;
+use crate::metrics::MetricsServer;
+use crate::ports::store::Store;
+use crate::ports::store::system_clock;
+use crate::services::control::Controller;
+use crate::services::control::Hands;
+use crate::services::control::Settings as ControlSettings;
+use crate::services::fleet::Fleet;
+use crate::services::journal::Journal;
+use crate::services::lease::LeaderState;
+use crate::services::lease::Lease;
+use crate::services::lease::LeaseSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,11 +57,11 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::ports::store::StoreError),
     #[error(transparent)]
-    Lease(#[from] crate::store::LeaseSettingsError),
+    Lease(#[from] crate::services::lease::LeaseSettingsError),
     #[error("cannot start notifications")]
-    Notify(#[from] crate::notify::NotifyError),
+    Notify(#[from] crate::services::notify::NotifyError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -212,7 +222,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::info!("no [aws] section: watching agents only, no inventory, no actions");
     }
     // Never blocks a decision: the dispatcher reads the fleet's event broadcast on its own.
-    crate::notify::spawn_notifications(
+    crate::services::notify::spawn_notifications(
         config.notify.clone(),
         &fleet,
         clients.as_deref(),

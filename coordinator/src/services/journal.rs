@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::{JournalQuery, Store, StoreError};
+use crate::ports::store::JournalQuery;
+use crate::ports::store::Store;
+use crate::ports::store::StoreError;
 
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +155,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::EmbeddedStore;
+    use crate::adapters::store::EmbeddedStore;
 
     fn entry(key: &str, phase: Phase, at_ms: u64) -> Entry {
         Entry {

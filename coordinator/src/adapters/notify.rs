@@ -5,8 +5,12 @@ use std::{fmt, time::Duration};
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use super::{Batch, Notifier, SendError, WebhookUrl, arn_region};
-use crate::aws::{AwsSettings, retry};
+use crate::adapters::aws::AwsSettings;
+use crate::adapters::aws::retry;
+use crate::ports::notify::Batch;
+use crate::ports::notify::Notifier;
+use crate::ports::notify::SendError;
+use crate::ports::notify::WebhookUrl;
 
 /// EventBridge `source` and `detail-type` of every event autoheal puts: what rules match on.
 pub const EVENT_SOURCE: &str = "autoheal";
@@ -253,4 +257,9 @@ impl Notifier for EventBus {
         }
         Ok(())
     }
+}
+
+/// The region in an ARN (`arn:partition:service:region:…`).
+pub fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
 }

@@ -1,14 +1,16 @@
-//! The coordinator's hands on AWS: one place that builds SDK clients (region, endpoint override,
-//! timeouts), one `is_retryable`, one retry loop with backoff and full jitter, and the small traits
-//! the rest of the coordinator uses — `ScalingGroups`, `LoadBalancer`, `RemoteCommand` — with
-//! their SDK implementations.
+//! The AWS adapter: one place that builds SDK clients (region, endpoint override, timeouts), one
+//! `is_retryable`, one retry loop with backoff and full jitter, and (in `sdk`) the SDK
+//! implementations of the ports in `ports::aws`.
 
+pub mod actions;
 pub mod sdk;
 
 use std::{fmt, future::Future, time::Duration};
 
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 use rand::Rng as _;
+
+use crate::ports::aws::AwsError;
 
 /// Where and how to reach AWS.
 #[derive(Debug, Clone)]
@@ -35,17 +37,6 @@ impl Default for AwsSettings {
             max_backoff: Duration::from_secs(5),
         }
     }
-}
-
-/// An AWS call that failed for good (after retries, or at once when retrying can't help).
-#[derive(Debug, thiserror::Error)]
-#[error("{operation}: {message}{}", if *attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() })]
-pub struct AwsError {
-    pub operation: &'static str,
-    pub message: String,
-    pub code: Option<String>,
-    pub retryable: bool,
-    pub attempts: u32,
 }
 
 /// Error codes AWS uses for throttling and transient server trouble.
@@ -194,81 +185,6 @@ where
         tracing::warn!(operation, attempt, error = %message, ?wait, "AWS call failed; retrying");
         tokio::time::sleep(wait).await;
     }
-}
-
-/// An Auto Scaling group as the inventory sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub name: String,
-    pub target_groups: Vec<String>,
-    pub instances: Vec<Member>,
-    pub health_check_grace: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub instance_id: String,
-    pub availability_zone: String,
-    /// e.g. `InService`, `Pending`, `Terminating`, `Standby`, `Detaching`.
-    pub lifecycle: String,
-    /// `Healthy` or `Unhealthy`.
-    pub health: String,
-    pub protected: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub instance_id: String,
-    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable`.
-    pub state: String,
-    pub reason: String,
-}
-
-/// Which groups autoheal looks after.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    Names(Vec<String>),
-    /// Groups carrying this tag key with this value, e.g. `autoheal:enabled` = `true`.
-    Tag {
-        key: String,
-        value: String,
-    },
-}
-
-#[tonic::async_trait]
-pub trait ScalingGroups: Send + Sync {
-    async fn groups(&self, selector: &Selector) -> Result<Vec<Group>, AwsError>;
-    /// `SetInstanceHealth(Unhealthy)`: the group replaces the instance (launch-before-terminate
-    /// where its maintenance policy says so).
-    async fn mark_unhealthy(&self, instance_id: &str, respect_grace: bool) -> Result<(), AwsError>;
-    /// `TerminateInstanceInAutoScalingGroup` without decrementing: the group launches a replacement.
-    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
-}
-
-#[tonic::async_trait]
-pub trait LoadBalancer: Send + Sync {
-    async fn target_health(&self, target_group: &str) -> Result<Vec<Target>, AwsError>;
-    async fn deregistration_delay(&self, target_group: &str) -> Result<Duration, AwsError>;
-    async fn deregister(&self, target_group: &str, instance_id: &str) -> Result<(), AwsError>;
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandStatus {
-    Pending,
-    Succeeded { output: String },
-    Failed { status: String, output: String },
-}
-
-#[tonic::async_trait]
-pub trait RemoteCommand: Send + Sync {
-    /// Runs a fixed shell script on the instance with `AWS-RunShellScript`; returns the command id.
-    async fn run(
-        &self,
-        instance_id: &str,
-        commands: &[String],
-        comment: &str,
-    ) -> Result<String, AwsError>;
-    async fn status(&self, command_id: &str, instance_id: &str) -> Result<CommandStatus, AwsError>;
 }
 
 /// The fixed SSM remediation script: restart the agent, then each declared unit. Unit names come

@@ -44,11 +44,23 @@ use aws_sdk_dynamodb::{
     },
 };
 
-use super::{
-    Claim, Entry, FleetEvent, JournalQuery, LeaseClaim, LeaseRecord, PauseState, SharedClock, Skip,
-    Store, StoreError, StoredEvent, from_unix_ms, unix_ms,
-};
-use crate::aws::{AwsError, AwsSettings, retry};
+use crate::adapters::aws::AwsSettings;
+use crate::adapters::aws::retry;
+use crate::ports::aws::AwsError;
+use crate::ports::store::Claim;
+use crate::ports::store::JournalQuery;
+use crate::ports::store::LeaseClaim;
+use crate::ports::store::LeaseRecord;
+use crate::ports::store::SharedClock;
+use crate::ports::store::Skip;
+use crate::ports::store::Store;
+use crate::ports::store::StoreError;
+use crate::ports::store::StoredEvent;
+use crate::services::fleet::FleetEvent;
+use crate::services::fleet::PauseState;
+use crate::services::journal::Entry;
+use autoheal_common::clock::from_unix_ms;
+use autoheal_common::clock::unix_ms;
 
 const LEASE_PK: &str = "LEASE#main";
 const LEASE_SK: &str = "LEASE";

@@ -13,13 +13,22 @@ use autoheal_policy as policy;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    aws::{self, CommandStatus, LoadBalancer, RemoteCommand, ScalingGroups, Selector},
-    fleet::{Fleet, InstanceRecord},
-    journal::{Entry, Journal, Phase, Step},
-    report::ServiceState,
-    store::{LeaderState, LeaseHandle, StoreError},
-};
+use crate::adapters::aws;
+use crate::model::inventory::CommandStatus;
+use crate::model::inventory::Selector;
+use crate::model::report::ServiceState;
+use crate::ports::aws::LoadBalancer;
+use crate::ports::aws::RemoteCommand;
+use crate::ports::aws::ScalingGroups;
+use crate::ports::store::StoreError;
+use crate::services::fleet::Fleet;
+use crate::services::fleet::InstanceRecord;
+use crate::services::journal::Entry;
+use crate::services::journal::Journal;
+use crate::services::journal::Phase;
+use crate::services::journal::Step;
+use crate::services::lease::LeaderState;
+use crate::services::lease::LeaseHandle;
 
 /// How far back a succeeded action in the journal stops the same action being taken again.
 const DONE_WINDOW: Duration = Duration::from_secs(3600);
@@ -118,7 +127,7 @@ pub struct Controller {
     view: watch::Sender<Option<Arc<ControlView>>>,
     commands: mpsc::Receiver<Command>,
     lease: LeaseHandle,
-    store: Arc<dyn crate::store::Store>,
+    store: Arc<dyn crate::ports::store::Store>,
     /// What the store holds of each remediation, so only changes are written.
     persisted: HashMap<String, serde_json::Value>,
     /// The fencing token of the term this controller is leading in; `None` while following.
@@ -164,7 +173,7 @@ impl Controller {
         journal: Arc<Journal>,
         settings: Settings,
         lease: LeaseHandle,
-        store: Arc<dyn crate::store::Store>,
+        store: Arc<dyn crate::ports::store::Store>,
     ) -> (Self, Handle) {
         let (view, view_rx) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(16);

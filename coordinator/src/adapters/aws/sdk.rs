@@ -7,10 +7,17 @@ use aws_sdk_autoscaling::types::Filter;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 
-use super::{
-    AwsError, AwsSettings, CommandStatus, Group, LoadBalancer, Member, RemoteCommand,
-    ScalingGroups, Selector, Target, retry,
-};
+use crate::adapters::aws::AwsSettings;
+use crate::adapters::aws::retry;
+use crate::model::inventory::CommandStatus;
+use crate::model::inventory::Group;
+use crate::model::inventory::Member;
+use crate::model::inventory::Selector;
+use crate::model::inventory::Target;
+use crate::ports::aws::AwsError;
+use crate::ports::aws::LoadBalancer;
+use crate::ports::aws::RemoteCommand;
+use crate::ports::aws::ScalingGroups;
 
 /// SDK clients for every service the coordinator calls, sharing one configuration.
 #[derive(Debug, Clone)]

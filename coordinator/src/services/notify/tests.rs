@@ -8,7 +8,18 @@ use std::{
 
 use tokio::sync::Semaphore;
 
-use super::*;
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::SystemTime};
+
+use autoheal_common::config::ConfigErrors;
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{dispatch::Pending, *};
+use crate::{
+    adapters::notify::{self as sinks, SlackWebhook, arn_region},
+    ports::notify::{Batch, MAX_MESSAGE_CHARS, Notifier, SendError, WebhookUrl},
+    services::fleet::{Fleet, FleetEvent},
+};
 
 /// A sink that records what it is sent, can fail its first attempts, and can be held shut.
 #[derive(Debug, Default)]

@@ -1,0 +1,5 @@
+//! Plain data: what agents report, the AWS inventory as typed values. Nothing here does I/O or
+//! imports from a layer above.
+
+pub mod inventory;
+pub mod report;

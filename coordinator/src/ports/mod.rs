@@ -1,0 +1,6 @@
+//! The traits the coordinator acts through, each with its own error type. Adapters implement
+//! them; services use only these.
+
+pub mod aws;
+pub mod notify;
+pub mod store;
