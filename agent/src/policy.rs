@@ -4,6 +4,7 @@
 
 use std::{collections::VecDeque, time::Duration};
 
+use autoheal_common::backoff;
 use tokio::time::Instant;
 
 use crate::{config::RestartPolicyConfig, state::Verdict};
@@ -84,7 +85,8 @@ impl Threshold {
 }
 
 /// The restart budget: at most `max_attempts` within `window`, spaced by exponential backoff
-/// with jitter. The first attempt after a healthy spell is immediate.
+/// with jitter (the one backoff, `autoheal_common::backoff`). The first attempt after a healthy
+/// spell is immediate.
 #[derive(Debug, Clone)]
 pub struct RestartBudget {
     config: RestartPolicyConfig,
@@ -132,13 +134,13 @@ impl RestartBudget {
     /// Backoff after `n` attempts: initial * 2^(n-1), capped, with "equal jitter": half fixed,
     /// half random, so retries spread out but never come sooner than half the base.
     pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
-        let exp = n.saturating_sub(1).min(20);
-        let base = self
-            .config
-            .backoff_initial
-            .saturating_mul(1 << exp)
-            .min(self.config.backoff_max);
-        base / 2 + base.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+        let (attempt, initial, max) = (
+            n.saturating_sub(1),
+            self.config.backoff_initial,
+            self.config.backoff_max,
+        );
+        backoff::ceiling(attempt, initial, max) / 2
+            + backoff::full_jitter(attempt, initial, max, jitter) / 2
     }
 
     /// Records an attempt starting now; returns its 1-based number within the window.

@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use autoheal_common::{
+    backoff,
     error::DisplayChain,
     tls::{self, TlsFiles},
 };
@@ -29,10 +30,15 @@ mod buffer;
 
 pub use buffer::EventBuffer;
 
-/// Full jitter: uniform in [0, min(cap, initial * 2^attempt)).
-pub fn full_jitter(initial: Duration, cap: Duration, attempt: u32, random: f64) -> Duration {
-    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(cap);
-    ceiling.mul_f64(random.clamp(0.0, 1.0))
+/// The wait before reconnect attempt `attempt` (0-based): the one backoff's full jitter over
+/// `reconnect_initial`..`reconnect_max`, `unit` being the random sample in [0, 1].
+fn reconnect_delay(config: &CoordinatorConfig, attempt: u32, unit: f64) -> Duration {
+    backoff::full_jitter(
+        attempt,
+        config.reconnect_initial,
+        config.reconnect_max,
+        unit,
+    )
 }
 
 #[derive(Debug)]
@@ -131,12 +137,7 @@ impl Reporter {
                     redirect = Some(to);
                     // Follow at once, but don't let two coordinators bounce us in a tight loop.
                     delay = if redirects > 3 {
-                        full_jitter(
-                            self.config.reconnect_initial,
-                            self.config.reconnect_max,
-                            redirects,
-                            rand::random(),
-                        )
+                        reconnect_delay(&self.config, redirects, rand::random())
                     } else {
                         Duration::ZERO
                     };
@@ -151,12 +152,7 @@ impl Reporter {
                         s.connected = false;
                         s.last_error = Some(format!("{endpoint}: {error}"));
                     });
-                    delay = full_jitter(
-                        self.config.reconnect_initial,
-                        self.config.reconnect_max,
-                        failures,
-                        rand::random(),
-                    );
+                    delay = reconnect_delay(&self.config, failures, rand::random());
                     failures = failures.saturating_add(1);
                 }
             }
@@ -175,12 +171,7 @@ impl Reporter {
             s.connected = false;
             s.last_error = Some(error);
         });
-        *delay = full_jitter(
-            self.config.reconnect_initial,
-            self.config.reconnect_max,
-            *failures,
-            rand::random(),
-        );
+        *delay = reconnect_delay(&self.config, *failures, rand::random());
         *failures = failures.saturating_add(1);
     }
 
@@ -438,12 +429,26 @@ mod tests {
     fn full_jitter_stays_under_the_capped_ceiling() {
         let i = Duration::from_millis(500);
         let cap = Duration::from_secs(30);
-        assert_eq!(full_jitter(i, cap, 0, 1.0), i);
-        assert_eq!(full_jitter(i, cap, 3, 1.0), Duration::from_secs(4));
-        assert_eq!(full_jitter(i, cap, 30, 1.0), cap);
-        assert_eq!(full_jitter(i, cap, 30, 0.0), Duration::ZERO);
+        let config = CoordinatorConfig {
+            endpoints: Vec::new(),
+            tls: TlsFiles {
+                ca: "ca.pem".into(),
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            },
+            connect_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(5),
+            event_buffer: std::num::NonZeroUsize::MIN,
+            reconnect_initial: i,
+            reconnect_max: cap,
+        };
+        let full_jitter = |attempt, unit| reconnect_delay(&config, attempt, unit);
+        assert_eq!(full_jitter(0, 1.0), i);
+        assert_eq!(full_jitter(3, 1.0), Duration::from_secs(4));
+        assert_eq!(full_jitter(30, 1.0), cap);
+        assert_eq!(full_jitter(30, 0.0), Duration::ZERO);
         for k in 0..100 {
-            let d = full_jitter(i, cap, 10, f64::from(k) / 100.0);
+            let d = full_jitter(10, f64::from(k) / 100.0);
             assert!(d <= cap);
         }
     }
