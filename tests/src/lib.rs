@@ -1,5 +1,8 @@
-//! Harness for autoheal's end-to-end tests: a development PKI in a temporary folder, the real
-//! `autoheal-coordinator` and `autohealctl` binaries as child processes, and mTLS clients.
+//! The one harness for autoheal's end-to-end tests (`tests/tests/main.rs`, one binary): a
+//! development PKI in a temporary folder, the real `autoheal-coordinator` and `autohealctl`
+//! binaries as child processes, mTLS clients and poll-until helpers. Beside it: the real agent
+//! in-process ([`agent`]), a fake coordinator for the agent's reporter ([`fake`]), simulated
+//! agents ([`sim`]), moto ([`moto`]) and a fault-injecting AWS proxy ([`proxy`]).
 //!
 //! The binaries come from the same target folder as the test executable; build them first
 //! (`cargo build --workspace --bins`, which `scripts/test.sh` does).
@@ -24,6 +27,8 @@ use tonic::transport::Channel;
 
 pub use tempfile::TempDir;
 
+pub mod agent;
+pub mod fake;
 pub mod moto;
 pub mod proxy;
 pub mod sim;
@@ -53,52 +58,6 @@ pub fn free_port() -> u16 {
 /// `127.0.0.1:<free port>`.
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
-}
-
-/// Starts a real agent in-process as [`INSTANCE_A`], reporting to `endpoint`, with its config
-/// (and status socket) in `dir`; `sections` adds TOML tables (services, metrics…).
-pub fn start_agent(
-    dir: &Path,
-    pki: &Pki,
-    endpoint: &str,
-    sections: &str,
-) -> (autoheal_agent::Agent, tokio_util::sync::CancellationToken) {
-    let tls = pki.instance(INSTANCE_A);
-    let toml = format!(
-        r#"
-[coordinator]
-endpoints = ["{endpoint}"]
-connect_timeout = "2s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-instance_id = "{INSTANCE_A}"
-availability_zone = "test-1a"
-
-[status]
-socket = "{sock}"
-
-{sections}
-"#,
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        sock = dir.join("agent.sock").display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let config = autoheal_agent::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent =
-        autoheal_agent::Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
-            .expect("agent starts");
-    (agent, shutdown)
 }
 
 /// Path of a workspace binary next to the running test executable.
@@ -166,6 +125,11 @@ impl Pki {
 
     pub fn viewer(&self) -> TlsFiles {
         self.files("viewer-readonly")
+    }
+
+    /// The coordinator's server certificate (localhost, 127.0.0.1, ::1).
+    pub fn coordinator(&self) -> TlsFiles {
+        self.files("coordinator")
     }
 
     pub fn instance(&self, id: &str) -> TlsFiles {
@@ -421,6 +385,10 @@ pub fn agent_client(addr: SocketAddr, files: &TlsFiles) -> AgentServiceClient<Ch
         .max_encoding_message_size(MAX_MESSAGE_BYTES * 4)
 }
 
+/// How long [`until`] and the agent's [`agent::Events::wait_for`] wait: generous, for a loaded
+/// 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
@@ -435,4 +403,10 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls a synchronous condition until it gives a value, or panics with `what` after
+/// [`DEADLINE`]: [`eventually`] for conditions that need no `.await`.
+pub async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    eventually(DEADLINE, what, || std::future::ready(f())).await
 }

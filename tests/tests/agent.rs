@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use autoheal_agent::state::ServiceState;
 use autoheal_proto::v1;
-use autoheal_tests::{Coordinator, INSTANCE_A, Pki, eventually, free_port, start_agent};
+use autoheal_tests::{
+    Coordinator, INSTANCE_A, Pki,
+    agent::{signal, start_agent},
+    eventually, free_port,
+};
+use rustix::process::Signal;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -42,14 +47,6 @@ async fn coordinator_events(coordinator: &Coordinator, pki: &Pki) -> Vec<(String
             )
         })
         .collect()
-}
-
-fn kill(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +143,7 @@ timeout = "300ms"
         (!reporter.borrow().connected).then_some(())
     })
     .await;
-    kill(first, "-KILL");
+    signal(first, Signal::KILL);
     eventually(
         WAIT,
         "web healthy again with a new pid while the coordinator is down",

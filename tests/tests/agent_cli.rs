@@ -6,10 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_autoheal-agent");
+use autoheal_tests::{agent::signal, bin};
+use rustix::process::Signal;
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin("autoheal-agent"))
         .args(args)
         .output()
         .expect("run autoheal-agent")
@@ -126,7 +127,7 @@ timeout = "300ms"
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 1 service(s), 1 check(s)"));
 
-    let mut agent = Command::new(BIN)
+    let mut agent = Command::new(bin("autoheal-agent"))
         .args(["--config", p, "--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -152,11 +153,7 @@ timeout = "300ms"
         "{text}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(agent.id(), Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
         if let Some(s) = agent.try_wait().expect("wait") {

@@ -1,7 +1,5 @@
 //! Local healing with real processes: crash, hang, failure to start, dependencies, pause.
 
-mod support;
-
 use std::time::Duration;
 
 use autoheal_agent::{
@@ -9,8 +7,11 @@ use autoheal_agent::{
     status,
 };
 use autoheal_proto::v1;
+use autoheal_tests::{
+    agent::{Events, python_server, signal, socket_section, start_agent_from_toml},
+    free_port, until,
+};
 use rustix::process::Signal;
-use support::*;
 
 fn state_of(agent: &autoheal_agent::Agent, s: &str) -> ServiceSnapshot {
     agent.snapshot(s).expect("service exists")
@@ -56,7 +57,7 @@ failure_threshold = 2
 async fn crashed_service_is_restarted_and_healthy_with_a_new_pid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (agent, _shutdown) = start_agent(dir.path(), &web_config(dir.path(), port, ""));
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &web_config(dir.path(), port, ""));
     let mut events = Events::new(&agent);
     let first = healthy_pid(&agent, "web").await;
 
@@ -90,7 +91,7 @@ async fn crashed_service_is_restarted_and_healthy_with_a_new_pid() {
 async fn hung_service_times_out_and_is_restarted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (agent, _shutdown) = start_agent(dir.path(), &web_config(dir.path(), port, ""));
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &web_config(dir.path(), port, ""));
     let mut events = Events::new(&agent);
     let first = healthy_pid(&agent, "web").await;
 
@@ -147,7 +148,7 @@ timeout = "200ms"
 "#,
         socket = socket_section(dir.path())
     );
-    let (agent, _shutdown) = start_agent(dir.path(), &toml);
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
     let mut events = Events::new(&agent);
     let escalated = events
         .wait_for("an escalation", |e| match e {
@@ -233,7 +234,7 @@ failure_threshold = 1
 "#,
         socket = socket_section(dir.path())
     );
-    let (agent, _shutdown) = start_agent(dir.path(), &toml);
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
     let mut events = Events::new(&agent);
     let dep = events
         .wait_for("the shared dependency reported failing", |e| match e {
@@ -287,7 +288,7 @@ failure_threshold = 1
 async fn paused_healing_keeps_checking_but_does_not_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (agent, _shutdown) = start_agent(dir.path(), &web_config(dir.path(), port, ""));
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &web_config(dir.path(), port, ""));
     let mut events = Events::new(&agent);
     let first = healthy_pid(&agent, "web").await;
     agent.paused.send_replace(true);
@@ -329,7 +330,7 @@ failure_threshold = 1
 "#,
         socket = socket_section(dir.path())
     );
-    let (agent, _shutdown) = start_agent(dir.path(), &toml);
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
     let mut events = Events::new(&agent);
     let change = events
         .wait_for("a change to flapping", |e| match e {

@@ -1,12 +1,14 @@
 //! Metrics move when the instrumented things happen: probes, failed restarts, an escalation,
 //! the service state; and they are served over `/metrics` when `[metrics] listen` is set.
 
-mod support;
-
 use std::time::Duration;
 
 use autoheal_proto::v1;
-use support::*;
+use autoheal_tests::{
+    DEADLINE,
+    agent::{Events, socket_section, start_agent_from_toml},
+    free_port,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
@@ -53,7 +55,7 @@ timeout = "200ms"
 "#,
         socket = socket_section(dir.path())
     );
-    let (agent, _shutdown) = start_agent(dir.path(), &toml);
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
     let addr = agent.metrics_addr.expect("metrics served");
     assert!(addr.ip().is_loopback());
     let before = scrape(addr).await;

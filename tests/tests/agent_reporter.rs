@@ -1,21 +1,26 @@
 //! The reporter against a fake coordinator over real mTLS: Hello/Welcome, escalation delivery,
 //! replay after an outage (every event once, in order), redirects, and pause directives.
 
-mod support;
-
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use autoheal_agent::state::ServiceState;
-use autoheal_proto::v1;
+use autoheal_common::tls::TlsFiles;
+use autoheal_coordinator::pki::Validity;
+use autoheal_proto::{identity::Role, v1};
+use autoheal_tests::{
+    Pki,
+    agent::{Events, python_server, signal, socket_section, start_agent_from_toml, tls_section},
+    fake::{Behaviour, FakeCoordinator, Recorded},
+    free_port, until,
+};
 use rustix::process::Signal;
-use support::*;
 
 fn agent_toml(
     dir: &std::path::Path,
-    agent_tls: &autoheal_common::tls::TlsFiles,
+    agent_tls: &TlsFiles,
     endpoints: &[String],
     services: &str,
 ) -> String {
@@ -65,6 +70,13 @@ timeout = "300ms"
     )
 }
 
+/// A test PKI (its coordinator certificate serves the fake) and a certificate for instance `id`.
+fn instance_pki(id: &str) -> (Pki, TlsFiles) {
+    let pki = Pki::new();
+    let files = pki.issue(Role::Instance(id.to_owned()), Validity::default());
+    (pki, files)
+}
+
 fn recorded() -> Arc<Mutex<Recorded>> {
     Arc::new(Mutex::new(Recorded::default()))
 }
@@ -76,10 +88,9 @@ fn loopback() -> std::net::SocketAddr {
 #[tokio::test]
 async fn hello_declares_the_instance_and_escalations_reach_the_coordinator() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server_tls, agent_tls) = pki(dir.path(), "i-0123");
+    let (pki, agent_tls) = instance_pki("i-0123");
     let rec = recorded();
-    let coord =
-        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord = FakeCoordinator::start(loopback(), &pki, rec.clone(), Behaviour::default()).await;
     let services = r#"
 [services.broken]
 run = ["sh", "-c", "exit 3"]
@@ -93,7 +104,7 @@ command = ["false"]
 interval = "500ms"
 timeout = "300ms"
 "#;
-    let (agent, _shutdown) = start_agent(
+    let (agent, _shutdown) = start_agent_from_toml(
         dir.path(),
         &agent_toml(dir.path(), &agent_tls, &[coord.addr.to_string()], services),
     );
@@ -144,13 +155,12 @@ timeout = "300ms"
 #[tokio::test]
 async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_once_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server_tls, agent_tls) = pki(dir.path(), "i-0123");
+    let (pki, agent_tls) = instance_pki("i-0123");
     let rec = recorded();
-    let coord =
-        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord = FakeCoordinator::start(loopback(), &pki, rec.clone(), Behaviour::default()).await;
     let addr = coord.addr;
     let port = free_port();
-    let (agent, _shutdown) = start_agent(
+    let (agent, _shutdown) = start_agent_from_toml(
         dir.path(),
         &agent_toml(dir.path(), &agent_tls, &[addr.to_string()], &web(port)),
     );
@@ -190,7 +200,7 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
     );
 
     // The coordinator comes back on the same address (with its durable record).
-    let coord = FakeCoordinator::start(addr, &server_tls, rec.clone(), Behaviour::default()).await;
+    let coord = FakeCoordinator::start(addr, &pki, rec.clone(), Behaviour::default()).await;
     until("every event delivered", || {
         let r = rec.lock().expect("lock");
         (r.accepted.last().map(|e| e.seq) >= Some(last_seq)).then_some(())
@@ -228,11 +238,11 @@ async fn healing_goes_on_while_the_coordinator_is_down_and_every_event_arrives_o
 #[tokio::test]
 async fn redirect_is_followed_and_pause_directive_stops_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server_tls, agent_tls) = pki(dir.path(), "i-0123");
+    let (pki, agent_tls) = instance_pki("i-0123");
     let leader_rec = recorded();
     let leader = FakeCoordinator::start(
         loopback(),
-        &server_tls,
+        &pki,
         leader_rec.clone(),
         Behaviour {
             coordinator_id: "leader".into(),
@@ -248,7 +258,7 @@ async fn redirect_is_followed_and_pause_directive_stops_restarts() {
     let follower_rec = recorded();
     let follower = FakeCoordinator::start(
         loopback(),
-        &server_tls,
+        &pki,
         follower_rec.clone(),
         Behaviour {
             redirect_to: Some(format!("localhost:{}", leader.addr.port())),
@@ -258,7 +268,7 @@ async fn redirect_is_followed_and_pause_directive_stops_restarts() {
     )
     .await;
     let port = free_port();
-    let (agent, _shutdown) = start_agent(
+    let (agent, _shutdown) = start_agent_from_toml(
         dir.path(),
         &agent_toml(
             dir.path(),
@@ -302,11 +312,10 @@ async fn redirect_is_followed_and_pause_directive_stops_restarts() {
 #[tokio::test]
 async fn a_certificate_for_another_instance_is_refused_before_connecting() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server_tls, agent_tls) = pki(dir.path(), "i-other");
+    let (pki, agent_tls) = instance_pki("i-other");
     let rec = recorded();
-    let coord =
-        FakeCoordinator::start(loopback(), &server_tls, rec.clone(), Behaviour::default()).await;
-    let (agent, _shutdown) = start_agent(
+    let coord = FakeCoordinator::start(loopback(), &pki, rec.clone(), Behaviour::default()).await;
+    let (agent, _shutdown) = start_agent_from_toml(
         dir.path(),
         &agent_toml(dir.path(), &agent_tls, &[coord.addr.to_string()], ""),
     );

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use autoheal_tests::{Coordinator, Pki, eventually, free_port, start_agent};
+use autoheal_tests::{Coordinator, Pki, agent::start_agent, eventually, free_port};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(90);

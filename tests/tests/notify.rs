@@ -5,7 +5,6 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -14,37 +13,24 @@ use std::{
 };
 
 use autoheal_common::config::ConfigErrors;
-use autoheal_coordinator::{
-    aws::AwsSettings,
-    fleet::Fleet,
-    notify::{
-        EventBus, Notifications, Notifier, NotifyConfig, RawNotify, SLACK_WEBHOOK_ENV, Settings,
-        SnsTopic, spawn_notifications,
-    },
-};
-use autoheal_tests::moto::Moto;
+use autoheal_coordinator::adapters::aws::AwsSettings;
+use autoheal_coordinator::adapters::notify::EventBus;
+use autoheal_coordinator::adapters::notify::SnsTopic;
+use autoheal_coordinator::ports::notify::Notifier;
+use autoheal_coordinator::services::fleet::Fleet;
+use autoheal_coordinator::services::notify::Notifications;
+use autoheal_coordinator::services::notify::NotifyConfig;
+use autoheal_coordinator::services::notify::RawNotify;
+use autoheal_coordinator::services::notify::SLACK_WEBHOOK_ENV;
+use autoheal_coordinator::services::notify::Settings;
+use autoheal_coordinator::services::notify::spawn_notifications;
+use autoheal_tests::{eventually, moto::Moto};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Polls `check` until it gives a value, failing after `within`.
-async fn until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Received {
@@ -190,7 +176,7 @@ async fn the_slack_payload_arrives() {
         "web: local healing exhausted".to_owned(),
     );
     let r = &receiver;
-    let got = until("the webhook call", Duration::from_secs(30), || async move {
+    let got = eventually(Duration::from_secs(30), "the webhook call", || async move {
         r.received().into_iter().next()
     })
     .await;
@@ -221,7 +207,7 @@ async fn a_storm_of_200_events_becomes_a_handful_of_messages() {
         );
     }
     let r = &receiver;
-    let messages = until("all 200 events", Duration::from_secs(60), || async move {
+    let messages = eventually(Duration::from_secs(60), "all 200 events", || async move {
         let got = r.received();
         (got.iter().map(Received::events).sum::<usize>() >= 200).then_some(got)
     })
@@ -250,7 +236,7 @@ async fn a_webhook_answering_500_is_retried() {
     let (fleet, shutdown) = start_slack(&receiver);
     fleet.record_event("i-0abc", "action-failed", "replace: timed out".to_owned());
     let r = &receiver;
-    let got = until("the retry", Duration::from_secs(30), || async move {
+    let got = eventually(Duration::from_secs(30), "the retry", || async move {
         let got = r.received();
         (got.len() >= 2).then_some(got)
     })
@@ -345,7 +331,7 @@ async fn sns_publish_and_eventbridge_put_events_reach_moto() {
     );
 
     let (m, sns_queue) = (&moto, &field("sns_queue"));
-    let published = until("the SNS message", Duration::from_secs(60), || async move {
+    let published = eventually(Duration::from_secs(60), "the SNS message", || async move {
         queue_bodies(m, sns_queue).into_iter().next()
     })
     .await;
@@ -360,9 +346,9 @@ async fn sns_publish_and_eventbridge_put_events_reach_moto() {
     assert!(!message.contains("check-changed"), "{message}");
 
     let events_queue = &field("events_queue");
-    let put = until(
-        "the EventBridge event",
+    let put = eventually(
         Duration::from_secs(60),
+        "the EventBridge event",
         || async move { queue_bodies(m, events_queue).into_iter().next() },
     )
     .await;

@@ -1,190 +1,30 @@
-//! Test support: a throwaway PKI, a fake coordinator that speaks the real protocol over mTLS,
-//! agent startup from TOML, and poll-until helpers with generous deadlines.
-#![allow(dead_code)]
+//! A fake coordinator for the agent's reporter: the real `AgentService` protocol over real mTLS
+//! (the PKI's coordinator certificate), recording what arrives and acking it like a durable
+//! store, with scripted behaviour (redirect, a directive after Welcome, going away).
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
 
-use autoheal_agent::{Agent, Config, state::Emitted};
-use autoheal_common::tls::{TlsFiles, server_config};
-use autoheal_proto::{
-    identity::TrustDomain,
-    v1::{
-        self, agent_message, agent_service_server::AgentService,
-        agent_service_server::AgentServiceServer, coordinator_message,
-    },
+use autoheal_common::tls::server_config;
+use autoheal_proto::v1::{
+    self, agent_message, agent_service_server::AgentService,
+    agent_service_server::AgentServiceServer, coordinator_message,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{broadcast, mpsc},
+    sync::mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it returns Some, or panics with `what` after `DEADLINE`.
-pub async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Collects events from the agent's local tap.
-#[derive(Debug)]
-pub struct Events {
-    rx: broadcast::Receiver<Emitted>,
-    pub seen: Vec<v1::event::Kind>,
-}
-
-impl Events {
-    pub fn new(agent: &Agent) -> Self {
-        Self {
-            rx: agent.events.subscribe(),
-            seen: Vec::new(),
-        }
-    }
-
-    pub fn drain(&mut self) -> &[v1::event::Kind] {
-        while let Ok(e) = self.rx.try_recv() {
-            self.seen.push(e.kind);
-        }
-        &self.seen
-    }
-
-    pub async fn wait_for<T>(
-        &mut self,
-        what: &str,
-        mut f: impl FnMut(&v1::event::Kind) -> Option<T>,
-    ) -> T {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let mut checked = 0;
-        loop {
-            self.drain();
-            for e in &self.seen[checked..] {
-                if let Some(v) = f(e) {
-                    return v;
-                }
-            }
-            checked = self.seen.len();
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; saw {:#?}",
-                self.seen
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn restarts(&mut self, service: &str) -> Vec<v1::RestartAttempted> {
-        self.drain()
-            .iter()
-            .filter_map(|e| match e {
-                v1::event::Kind::RestartAttempted(r) if r.service == service => Some(r.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-pub fn start_agent(dir: &Path, toml: &str) -> (Agent, CancellationToken) {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let shutdown = CancellationToken::new();
-    let agent = Agent::start(config, autoheal_agent::clock::system(), shutdown.clone())
-        .expect("agent starts");
-    (agent, shutdown)
-}
-
-/// Writes a CA, a server certificate for localhost/127.0.0.1 and an instance certificate for
-/// `instance` into `dir`; returns the server's and the agent's file sets.
-pub fn pki(dir: &Path, instance: &str) -> (TlsFiles, TlsFiles) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).expect("write pem");
-        p
-    };
-    let ca = write("ca.pem", ca_cert.pem());
-
-    let leaf = |sans: Vec<SanType>, name: &str| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names = sans;
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        let cert_path = write(&format!("{name}.pem"), cert.pem());
-        let key_path = write(&format!("{name}-key.pem"), key.serialize_pem());
-        (cert_path, key_path)
-    };
-    let (scert, skey) = leaf(
-        vec![
-            SanType::DnsName("localhost".try_into().expect("dns")),
-            SanType::IpAddress("127.0.0.1".parse().expect("ip")),
-            SanType::URI(
-                "spiffe://autoheal.test/operator/coordinator"
-                    .try_into()
-                    .expect("uri"),
-            ),
-        ],
-        "server",
-    );
-    let (acert, akey) = leaf(
-        vec![SanType::URI(
-            format!("spiffe://autoheal.test/instance/{instance}")
-                .as_str()
-                .try_into()
-                .expect("uri"),
-        )],
-        "agent",
-    );
-    (
-        TlsFiles {
-            ca: ca.clone(),
-            cert: scert,
-            key: skey,
-        },
-        TlsFiles {
-            ca,
-            cert: acert,
-            key: akey,
-        },
-    )
-}
+use crate::Pki;
 
 /// What the fake coordinator saw.
 #[derive(Debug, Default)]
@@ -358,17 +198,18 @@ pub struct FakeCoordinator {
 }
 
 impl FakeCoordinator {
+    /// Serves on `addr` (port 0 for any) with `pki`'s coordinator certificate.
     pub async fn start(
         addr: SocketAddr,
-        files: &TlsFiles,
+        pki: &Pki,
         recorded: Arc<Mutex<Recorded>>,
         behaviour: Behaviour,
     ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind coordinator");
         let addr = listener.local_addr().expect("addr");
         let config = server_config(
-            files.load().expect("server pki"),
-            &TrustDomain::new("autoheal.test").expect("td"),
+            pki.coordinator().load().expect("server pki"),
+            &pki.trust_domain,
         )
         .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -418,41 +259,4 @@ impl FakeCoordinator {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
     }
-}
-
-pub fn toml_path(p: &Path) -> String {
-    p.display().to_string()
-}
-
-pub fn tls_section(files: &TlsFiles) -> String {
-    format!(
-        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display()
-    )
-}
-
-pub fn socket_section(dir: &Path) -> String {
-    format!(
-        "[status]\nsocket = \"{}\"\n",
-        dir.join("agent.sock").display()
-    )
-}
-
-pub fn pid_of(agent: &Agent, service: &str) -> Option<u32> {
-    agent.snapshot(service).and_then(|s| s.pid)
-}
-
-pub fn signal(pid: u32, sig: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid, sig).expect("signal");
-}
-
-pub fn python_server(port: u16) -> String {
-    format!("[\"python3\", \"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]")
-}
-
-pub fn dir_of(p: &Path) -> PathBuf {
-    p.to_owned()
 }
