@@ -5,13 +5,23 @@
 //!
 //! It is pure and must stay so: a fleet snapshot, the remediation book and a clock value in;
 //! decisions with reasons out. It must not depend on tokio, tonic, the AWS SDK or anything that
-//! does I/O, and never reads a clock (`now` is always a [`Timestamp`] the caller passes), so every
-//! guardrail can be tested with a simulated clock and property tests.
+//! does I/O, nor on the other autoheal crates (`autoheal-proto`, `autoheal-common`: the wire and
+//! the programs' plumbing belong to the coordinator, which maps them to these types), and never
+//! reads a clock (`now` is always a [`Timestamp`] the caller passes), so every guardrail can be
+//! tested with a simulated clock and property tests. Its one optional dependency is `serde`
+//! (feature `serde`), for the records the coordinator persists.
+//!
+//! Inside, data flows one way: `time` and `fleet` (the inputs) ← `config`, `remediation` (the
+//! book) ← `assess` (reading an instance) ← `guardrail` (what holds a step) ← `decision` (what a
+//! pass returns) ← `engine` (the ladder and the pass). `scripts/check-layers.py` fails CI on a
+//! cycle.
 //!
 //! One pass:
-//! 1. the coordinator builds a [`Fleet`] from agent streams and the inventory loop;
-//! 2. [`Engine::decide`] returns a [`Plan`] and writes the actions it decided into the
-//!    [`RemediationBook`] as requested (write-ahead: persist the book before acting);
+//! 1. the coordinator builds a [`Fleet`] from agent streams and the inventory loop, reading every
+//!    instance once with [`Engine::assess_fleet`] to record verdict flips;
+//! 2. [`Engine::decide_assessed`] (or [`Engine::decide`], which reads the instances itself)
+//!    returns a [`Plan`] and writes the actions it decided into the [`RemediationBook`] as
+//!    requested (write-ahead: persist the book before acting);
 //! 3. the coordinator carries out each [`Decision::executable`] action and reports what happened
 //!    with [`RemediationBook::record`].
 //!
