@@ -241,3 +241,27 @@ mod tests {
         assert_eq!(errors.errors[0].path, "line 1");
     }
 }
+
+/// How much of a value from outside (a config file, a client's message) an error echoes.
+pub const ECHO_CHARS: usize = 64;
+
+/// At most [`ECHO_CHARS`] characters of `input`, with `…` when cut: errors name what was wrong
+/// without echoing unbounded input back.
+pub fn prefix(input: &str) -> String {
+    match input.char_indices().nth(ECHO_CHARS) {
+        None => input.to_owned(),
+        Some((end, _)) => format!("{}…", &input[..end]),
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    #[test]
+    fn long_input_is_cut_short_input_kept() {
+        assert_eq!(super::prefix("short"), "short");
+        let long = "é".repeat(10_000);
+        let cut = super::prefix(&long);
+        assert_eq!(cut.chars().count(), super::ECHO_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+}

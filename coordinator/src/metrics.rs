@@ -25,10 +25,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::model::journal::Phase;
+use crate::model::journal::Step;
 use crate::model::report::EventKind;
 use crate::services::fleet::Fleet;
-use crate::services::journal::Phase;
-use crate::services::journal::Step;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -311,7 +311,9 @@ pub async fn count_fleet_events(fleet: Fleet, shutdown: CancellationToken) {
             Ok(event) => {
                 global()
                     .fleet_events
-                    .get_or_create(&KindLabel { kind: event.kind })
+                    .get_or_create(&KindLabel {
+                        kind: event.kind.as_str().to_owned(),
+                    })
                     .inc();
             }
             // Missed events stay uncounted; counting the rest matters more than stopping.

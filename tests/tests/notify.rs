@@ -16,6 +16,7 @@ use autoheal_common::config::ConfigErrors;
 use autoheal_coordinator::adapters::aws::AwsSettings;
 use autoheal_coordinator::adapters::notify::EventBus;
 use autoheal_coordinator::adapters::notify::SnsTopic;
+use autoheal_coordinator::model::events::EventKind;
 use autoheal_coordinator::ports::notify::Notifier;
 use autoheal_coordinator::services::fleet::Fleet;
 use autoheal_coordinator::services::notify::Notifications;
@@ -172,7 +173,7 @@ async fn the_slack_payload_arrives() {
     let (fleet, shutdown) = start_slack(&receiver);
     fleet.record_event(
         "i-0abc",
-        "escalated",
+        EventKind::Escalated,
         "web: local healing exhausted".to_owned(),
     );
     let r = &receiver;
@@ -202,7 +203,7 @@ async fn a_storm_of_200_events_becomes_a_handful_of_messages() {
     for i in 0..200 {
         fleet.record_event(
             &format!("i-{i:04}"),
-            "action-failed",
+            EventKind::ActionFailed,
             "deregister: throttled".to_owned(),
         );
     }
@@ -234,7 +235,11 @@ async fn a_storm_of_200_events_becomes_a_handful_of_messages() {
 async fn a_webhook_answering_500_is_retried() {
     let receiver = Receiver::start(&[500]).await;
     let (fleet, shutdown) = start_slack(&receiver);
-    fleet.record_event("i-0abc", "action-failed", "replace: timed out".to_owned());
+    fleet.record_event(
+        "i-0abc",
+        EventKind::ActionFailed,
+        "replace: timed out".to_owned(),
+    );
     let r = &receiver;
     let got = eventually(Duration::from_secs(30), "the retry", || async move {
         let got = r.received();
@@ -320,13 +325,13 @@ async fn sns_publish_and_eventbridge_put_events_reach_moto() {
 
     fleet.record_event(
         "i-0abc",
-        "escalated",
+        EventKind::Escalated,
         "web: local healing exhausted".to_owned(),
     );
     // Not notified: only what the default kinds name goes out.
     fleet.record_event(
         "i-0abc",
-        "check-changed",
+        EventKind::CheckChanged,
         "web/http is unhealthy".to_owned(),
     );
 

@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use autoheal_common::tls::{PROTOCOL_VERSIONS, TlsFiles, provider};
-use autoheal_coordinator::pki::{self, Validity};
+use autoheal_coordinator::pki;
+use autoheal_coordinator::pki::Validity;
 use autoheal_proto::{
     identity::Role,
     v1::{self, agent_message, coordinator_message},

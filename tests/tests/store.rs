@@ -15,16 +15,26 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use autoheal_coordinator::{
-    aws::AwsSettings,
-    fleet::FleetEvent,
-    journal::{Entry, Phase, Step},
-    store::{
-        Claim, DynamoStore, JournalQuery, LeaderState, Lease, LeaseClaim, LeaseHandle,
-        LeaseSettings, PauseState, Skip, Store, StoreError, aws_sdk_dynamodb as ddb, create_table,
-        system_clock,
-    },
-};
+use autoheal_coordinator::adapters::aws::AwsSettings;
+use autoheal_coordinator::adapters::store::DynamoStore;
+use autoheal_coordinator::adapters::store::aws_sdk_dynamodb as ddb;
+use autoheal_coordinator::adapters::store::create_table;
+use autoheal_coordinator::model::events::FleetEvent;
+use autoheal_coordinator::model::events::PauseState;
+use autoheal_coordinator::model::journal::Entry;
+use autoheal_coordinator::model::journal::Phase;
+use autoheal_coordinator::model::journal::Step;
+use autoheal_coordinator::ports::store::Claim;
+use autoheal_coordinator::ports::store::JournalQuery;
+use autoheal_coordinator::ports::store::LeaseClaim;
+use autoheal_coordinator::ports::store::Skip;
+use autoheal_coordinator::ports::store::Store;
+use autoheal_coordinator::ports::store::StoreError;
+use autoheal_coordinator::ports::store::system_clock;
+use autoheal_coordinator::services::lease::LeaderState;
+use autoheal_coordinator::services::lease::Lease;
+use autoheal_coordinator::services::lease::LeaseHandle;
+use autoheal_coordinator::services::lease::LeaseSettings;
 use autoheal_tests::{eventually, moto::Moto};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -542,7 +552,7 @@ async fn every_record_kind_round_trips_through_the_table() {
         at: SystemTime::now(),
         instance_id: "i-1".into(),
         asg: "web".into(),
-        kind: "service-down".into(),
+        kind: autoheal_coordinator::model::events::EventKind::Escalated,
         message: format!("event {cursor}"),
     };
     store

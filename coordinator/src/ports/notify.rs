@@ -11,8 +11,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::model::events::EventKind;
+use crate::model::events::FleetEvent;
 use crate::ports::aws::AwsError;
-use crate::services::fleet::FleetEvent;
 
 /// One event's message is cut to this many characters: a batch must fit every sink's size limit
 /// (SNS and EventBridge: 256 KiB; Slack truncates long texts).
@@ -68,7 +69,7 @@ pub struct Batch {
     /// Shown in full, oldest first; each message cut to a bounded length.
     pub events: Vec<FleetEvent>,
     /// Further events by kind, summarized.
-    pub more: BTreeMap<String, usize>,
+    pub more: BTreeMap<EventKind, usize>,
     /// Events that never reached this sink's queue (it was full, or the dispatcher fell behind).
     pub dropped: u64,
 }
@@ -97,7 +98,7 @@ impl Batch {
         let more: usize = self.more.values().sum();
         let mut parts = Vec::new();
         if more > 0 {
-            let mut kinds: Vec<(&String, &usize)> = self.more.iter().collect();
+            let mut kinds: Vec<(&EventKind, &usize)> = self.more.iter().collect();
             kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
             parts.push(format!(
@@ -158,10 +159,10 @@ impl Batch {
                 "at": rfc3339(e.at),
                 "instance_id": e.instance_id,
                 "asg": e.asg,
-                "kind": e.kind,
+                "kind": e.kind.as_str(),
                 "message": e.message,
             })).collect::<Vec<_>>(),
-            "more": self.more,
+            "more": self.more.iter().map(|(k, n)| (k.as_str(), *n)).collect::<BTreeMap<_, _>>(),
             "dropped": self.dropped,
         })
     }

@@ -25,24 +25,25 @@
 //!
 //! ```no_run
 //! # async fn wire(
-//! #     store: std::sync::Arc<dyn autoheal_coordinator::store::Store>,
-//! #     entry: autoheal_coordinator::journal::Entry,
+//! #     store: std::sync::Arc<dyn autoheal_coordinator::ports::store::Store>,
+//! #     entry: autoheal_coordinator::services::journal::Entry,
 //! # ) {
 //! use std::time::Duration;
-//! use autoheal_coordinator::store::{Lease, LeaseSettings, LeaderState, system_clock};
+//! use autoheal_coordinator::services::lease::{Lease, LeaseSettings, LeaderState};
+//! use autoheal_common::clock::system;
 //! let settings = LeaseSettings {
 //!     owner: "coordinator-a".into(),
 //!     endpoint: "https://10.0.1.7:7443".into(),
 //!     ttl: Duration::from_secs(15),
 //!     renew_interval: Duration::from_secs(4),
 //! };
-//! let (lease, handle) = Lease::new(store.clone(), settings, system_clock()).expect("valid settings");
+//! let (lease, handle) = Lease::new(store.clone(), settings, system()).expect("valid settings");
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! tokio::spawn(lease.run(shutdown.clone()));
 //! // Before acting: read the token, stamp it on the journal intent, append it, and call AWS only
 //! // if the append succeeded. On `StoreError::Fenced`, tell the lease, which steps down at once.
 //! if let LeaderState::Leader { token } = handle.current() {
-//!     let intent = autoheal_coordinator::journal::Entry { fencing_token: token, ..entry };
+//!     let intent = autoheal_coordinator::services::journal::Entry { fencing_token: token, ..entry };
 //!     match store.append_journal(&intent).await {
 //!         Ok(()) => { /* the AWS call */ }
 //!         Err(e) if e.is_fenced() => handle.report_fenced(token).await,
@@ -61,10 +62,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::events::FleetEvent;
+use crate::model::events::PauseState;
+use crate::model::journal::Entry;
 use crate::ports::aws::AwsError;
-use crate::services::fleet::FleetEvent;
-use crate::services::fleet::PauseState;
-use crate::services::journal::Entry;
 
 /// Which journal entries to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,21 +244,31 @@ impl From<&FleetEvent> for StoredEvent {
             at_ms: unix_ms(e.at),
             instance_id: e.instance_id.clone(),
             asg: e.asg.clone(),
-            kind: e.kind.clone(),
+            kind: e.kind.as_str().to_owned(),
             message: e.message.clone(),
         }
     }
 }
 
-impl From<StoredEvent> for FleetEvent {
-    fn from(e: StoredEvent) -> Self {
-        Self {
-            cursor: e.cursor,
-            at: from_unix_ms(e.at_ms),
-            instance_id: e.instance_id,
-            asg: e.asg,
-            kind: e.kind,
-            message: e.message,
-        }
+impl StoredEvent {
+    /// The event, if this version knows its kind. A kind written by a newer coordinator is left
+    /// out of listings (with a warning) rather than failing the whole read.
+    pub(crate) fn into_event(self) -> Option<FleetEvent> {
+        let Ok(kind) = self.kind.parse() else {
+            tracing::warn!(
+                cursor = self.cursor,
+                kind = %autoheal_common::config::prefix(&self.kind),
+                "stored fleet event of a kind this version does not know: not listed"
+            );
+            return None;
+        };
+        Some(FleetEvent {
+            cursor: self.cursor,
+            at: from_unix_ms(self.at_ms),
+            instance_id: self.instance_id,
+            asg: self.asg,
+            kind,
+            message: self.message,
+        })
     }
 }

@@ -46,6 +46,9 @@ use aws_sdk_dynamodb::{
 
 use crate::adapters::aws::AwsSettings;
 use crate::adapters::aws::retry;
+use crate::model::events::FleetEvent;
+use crate::model::events::PauseState;
+use crate::model::journal::Entry;
 use crate::ports::aws::AwsError;
 use crate::ports::store::Claim;
 use crate::ports::store::JournalQuery;
@@ -56,9 +59,6 @@ use crate::ports::store::Skip;
 use crate::ports::store::Store;
 use crate::ports::store::StoreError;
 use crate::ports::store::StoredEvent;
-use crate::services::fleet::FleetEvent;
-use crate::services::fleet::PauseState;
-use crate::services::journal::Entry;
 use autoheal_common::clock::from_unix_ms;
 use autoheal_common::clock::unix_ms;
 
@@ -399,7 +399,7 @@ impl Store for DynamoStore {
                     continue;
                 }
                 let stored: StoredEvent = self.data(&item)?;
-                events.push(FleetEvent::from(stored));
+                events.extend(stored.into_event());
                 if events.len() >= limit {
                     break;
                 }

@@ -19,6 +19,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::events::FleetEvent;
+use crate::model::events::PauseState;
+use crate::model::journal::Entry;
 use crate::ports::store::Claim;
 use crate::ports::store::JournalQuery;
 use crate::ports::store::LeaseClaim;
@@ -29,9 +32,6 @@ use crate::ports::store::Store;
 use crate::ports::store::StoreError;
 use crate::ports::store::StoredEvent;
 use crate::ports::store::system_clock;
-use crate::services::fleet::FleetEvent;
-use crate::services::fleet::PauseState;
-use crate::services::journal::Entry;
 use autoheal_common::clock::from_unix_ms;
 use autoheal_common::clock::unix_ms;
 
@@ -536,7 +536,7 @@ impl Store for EmbeddedStore {
                 .rev()
                 .filter(|(_, expires)| *expires > now_ms)
                 .take(limit)
-                .map(|(event, _)| event.clone().into())
+                .filter_map(|(event, _)| event.clone().into_event())
                 .collect()
         }))
     }
@@ -645,8 +645,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::services::journal::Phase;
-    use crate::services::journal::Step;
+    use crate::model::events::EventKind;
+    use crate::model::journal::Phase;
+    use crate::model::journal::Step;
 
     fn entry(key: &str, instance: &str, token: u64, at_ms: u64) -> Entry {
         Entry {
@@ -670,7 +671,7 @@ mod tests {
             at: from_unix_ms(1_700_000_000_000 + cursor),
             instance_id: "i-1".into(),
             asg: "web".into(),
-            kind: "service-down".into(),
+            kind: EventKind::Escalated,
             message: format!("event {cursor}"),
         }
     }

@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{PeerInfo, convert::service_state_to_wire};
+use crate::model::events::FleetEvent;
+use crate::model::events::PauseState;
 use crate::model::report::ServiceState;
 use crate::services::fleet::Fleet;
-use crate::services::fleet::FleetEvent;
 use crate::services::fleet::InstanceFilter;
 use crate::services::fleet::InstanceRecord;
-use crate::services::fleet::PauseState;
 
 #[derive(Debug, Clone)]
 pub struct FleetApi {
@@ -48,9 +48,9 @@ fn pause_to_wire(p: PauseState) -> v1::PauseState {
     }
 }
 
-pub fn action_to_wire(e: crate::services::journal::Entry) -> v1::Action {
-    use crate::services::journal::Phase;
-    use crate::services::journal::Step;
+pub fn action_to_wire(e: crate::model::journal::Entry) -> v1::Action {
+    use crate::model::journal::Phase;
+    use crate::model::journal::Step;
     v1::Action {
         id: e.key,
         instance_id: e.instance_id,
@@ -87,7 +87,7 @@ fn event_to_wire(e: FleetEvent) -> v1::FleetEvent {
         at: Some(ts(e.at)),
         instance_id: e.instance_id,
         asg: e.asg,
-        kind: e.kind,
+        kind: e.kind.as_str().to_owned(),
         message: e.message,
     }
 }

@@ -14,8 +14,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
+use crate::model::events::EventKind;
 use crate::model::inventory::CommandStatus;
 use crate::model::inventory::Selector;
+use crate::model::journal::Entry;
+use crate::model::journal::Phase;
+use crate::model::journal::Step;
 use crate::model::report::ServiceState;
 use crate::ports::aws::LoadBalancer;
 use crate::ports::aws::RemoteCommand;
@@ -23,10 +27,7 @@ use crate::ports::aws::ScalingGroups;
 use crate::ports::store::StoreError;
 use crate::services::fleet::Fleet;
 use crate::services::fleet::InstanceRecord;
-use crate::services::journal::Entry;
 use crate::services::journal::Journal;
-use crate::services::journal::Phase;
-use crate::services::journal::Step;
 use crate::services::lease::LeaderState;
 use crate::services::lease::LeaseHandle;
 
@@ -234,7 +235,7 @@ impl Controller {
                         tracing::warn!("lost the lease: no longer acting");
                         self.fleet.record_event(
                             "",
-                            "leadership",
+                            EventKind::Leadership,
                             "this coordinator no longer leads: not acting".to_owned(),
                         );
                     }
@@ -296,7 +297,7 @@ impl Controller {
         tracing::info!(token, "leading: acting with this fencing token");
         self.fleet.record_event(
             "",
-            "leadership",
+            EventKind::Leadership,
             format!("this coordinator leads (fencing token {token})"),
         );
         self.token = Some(token);
@@ -360,7 +361,7 @@ impl Controller {
                 tracing::warn!(%error, "inventory failed; not acting on a stale view");
                 self.fleet.record_event(
                     "",
-                    "inventory-failed",
+                    EventKind::InventoryFailed,
                     format!("cannot list auto scaling groups: {error}"),
                 );
                 return false;
@@ -377,7 +378,7 @@ impl Controller {
                     tracing::warn!(%error, target_group = %tg, "target health failed; not acting on a stale view");
                     self.fleet.record_event(
                         "",
-                        "inventory-failed",
+                        EventKind::InventoryFailed,
                         format!("cannot read target health of {tg}: {error}"),
                     );
                     return false;
@@ -388,7 +389,7 @@ impl Controller {
             if self.unclaimed_reported.insert(id.clone()) {
                 self.fleet.record_event(
                     &id,
-                    "unknown-instance",
+                    EventKind::UnknownInstance,
                     "agent connected but no managed auto scaling group has this instance; it is reported, never acted on".to_owned(),
                 );
             }
@@ -451,7 +452,7 @@ impl Controller {
             }
             self.fleet.record_event(
                 &intent.instance_id,
-                "action-reconciled",
+                EventKind::ActionReconciled,
                 format!("{}: {detail}", intent.step.as_str()),
             );
             // Tell the ladder what happened, so it moves on now rather than after a timeout.
@@ -563,10 +564,10 @@ impl Controller {
     /// One fleet event per change of what we'd say about an instance.
     fn tell(&mut self, d: &policy::Decision) -> Option<Entry> {
         let (kind, what) = match &d.kind {
-            policy::DecisionKind::Act(a) => ("decision", format!("{a}")),
-            policy::DecisionKind::WouldAct(a) => ("dry-run", format!("would {a}")),
+            policy::DecisionKind::Act(a) => (EventKind::Decision, format!("{a}")),
+            policy::DecisionKind::WouldAct(a) => (EventKind::DryRun, format!("would {a}")),
             policy::DecisionKind::Hold { action, held_by } => (
-                "guardrail",
+                EventKind::Guardrail,
                 format!(
                     "{action} held by {}",
                     held_by
@@ -577,8 +578,8 @@ impl Controller {
                 ),
             ),
             policy::DecisionKind::Wait { .. } => return None,
-            policy::DecisionKind::Alert(a) => ("alert", format!("{a:?}")),
-            policy::DecisionKind::Finished(e) => ("remediation-finished", format!("{e:?}")),
+            policy::DecisionKind::Alert(a) => (EventKind::Alert, format!("{a:?}")),
+            policy::DecisionKind::Finished(e) => (EventKind::RemediationFinished, format!("{e:?}")),
         };
         let message = format!("{what}: {}", d.reason);
         if self.last_said.get(d.instance.as_str()) == Some(&message) {
@@ -638,7 +639,7 @@ impl Controller {
             tracing::error!(%error, "not acting");
             self.fleet.record_event(
                 &instance,
-                "action-failed",
+                EventKind::ActionFailed,
                 format!("{step:?} not attempted: {error}"),
             );
             return policy::Outcome::Failed {
@@ -647,7 +648,7 @@ impl Controller {
         }
         self.fleet.record_event(
             &instance,
-            "action",
+            EventKind::ActionStarted,
             format!("{}: {}", step.as_str(), d.reason),
         );
         let result = self.call(&instance, action, &key).await;
@@ -670,9 +671,9 @@ impl Controller {
             tracing::error!(%error, "cannot journal an outcome; reconciliation will settle it");
         }
         let kind = if phase == Phase::Succeeded {
-            "action-succeeded"
+            EventKind::ActionSucceeded
         } else {
-            "action-failed"
+            EventKind::ActionFailed
         };
         self.fleet
             .record_event(&instance, kind, format!("{}: {detail}", step.as_str()));
@@ -827,7 +828,7 @@ impl Controller {
         if dry_run {
             self.fleet.record_event(
                 instance,
-                "dry-run",
+                EventKind::DryRun,
                 format!("would drain (requested by {by}): {reason}"),
             );
             return Ok(entry);
@@ -853,7 +854,7 @@ impl Controller {
         }
         if let Some(error) = failure {
             self.fleet
-                .record_event(instance, "action-failed", format!("drain: {error}"));
+                .record_event(instance, EventKind::ActionFailed, format!("drain: {error}"));
             return Err(DrainError::Failed(error));
         }
         if let Err(error) = self
@@ -865,7 +866,7 @@ impl Controller {
         }
         self.fleet.record_event(
             instance,
-            "action-succeeded",
+            EventKind::ActionSucceeded,
             format!("drained by {by}: {reason}"),
         );
         Ok(entry)
@@ -885,7 +886,7 @@ impl Controller {
                 Ok(CommandStatus::Failed { status, .. }) => {
                     self.fleet.record_event(
                         &instance,
-                        "ssm-finished",
+                        EventKind::SsmFinished,
                         format!("SSM command {command}: {status}"),
                     );
                     false

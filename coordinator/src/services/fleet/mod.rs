@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::events;
+use crate::model::events::FleetEvent;
+use crate::model::events::PauseState;
 use crate::model::inventory::Group;
 use crate::model::inventory::Member;
 use crate::model::inventory::Target;
@@ -26,24 +29,6 @@ use crate::model::report::ServiceState;
 const EVENT_LOG: usize = 10_000;
 /// How many recent event seqs per agent epoch are remembered across reconnects.
 const RECENT_PER_INSTANCE: usize = 50;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetEvent {
-    pub cursor: u64,
-    pub at: SystemTime,
-    pub instance_id: String,
-    pub asg: String,
-    pub kind: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PauseState {
-    pub paused: bool,
-    pub reason: String,
-    pub by: String,
-    pub since: Option<SystemTime>,
-}
 
 /// The agent side of one instance.
 #[derive(Debug, Clone)]
@@ -296,7 +281,7 @@ impl Fleet {
             &mut state,
             &self.events,
             &instance,
-            "agent-connected",
+            events::EventKind::AgentConnected,
             message,
         );
         (
@@ -326,7 +311,7 @@ impl Fleet {
             &mut state,
             &self.events,
             &session.instance_id,
-            "agent-disconnected",
+            events::EventKind::AgentDisconnected,
             format!("agent stream ended: {why}"),
         );
     }
@@ -418,7 +403,7 @@ impl Fleet {
                 &mut state,
                 &self.events,
                 &session.instance_id,
-                "events-missing",
+                events::EventKind::EventsMissing,
                 format!("events {first}..={last} never arrived"),
             );
         }
@@ -426,7 +411,7 @@ impl Fleet {
             &mut state,
             &self.events,
             &session.instance_id,
-            event.kind.name(),
+            events::EventKind::from(&event.kind),
             event.kind.describe(),
         );
         Recorded::New { acked_seq }
@@ -492,7 +477,7 @@ impl Fleet {
                 &mut state,
                 &self.events,
                 &id,
-                "instance-discovered",
+                events::EventKind::InstanceDiscovered,
                 format!("instance found in auto scaling group {asg}"),
             );
         }
@@ -506,7 +491,7 @@ impl Fleet {
     }
 
     /// Records a fleet event that is not from an agent (decisions, actions, inventory trouble).
-    pub fn record_event(&self, instance_id: &str, kind: &str, message: String) {
+    pub fn record_event(&self, instance_id: &str, kind: events::EventKind, message: String) {
         let mut state = self.lock();
         push_event(&mut state, &self.events, instance_id, kind, message);
     }
@@ -571,7 +556,11 @@ impl Fleet {
             &mut state,
             &self.events,
             "",
-            if paused { "paused" } else { "resumed" },
+            if paused {
+                events::EventKind::Paused
+            } else {
+                events::EventKind::Resumed
+            },
             message,
         );
         Ok(new)
@@ -625,7 +614,11 @@ impl Fleet {
             &mut state,
             &self.events,
             instance,
-            if skip { "skipped" } else { "unskipped" },
+            if skip {
+                events::EventKind::Skipped
+            } else {
+                events::EventKind::Unskipped
+            },
             message,
         );
         Ok(state
@@ -667,7 +660,7 @@ fn push_event(
     state: &mut State,
     events: &broadcast::Sender<FleetEvent>,
     instance_id: &str,
-    kind: &str,
+    kind: events::EventKind,
     message: String,
 ) {
     let cursor = state.next_cursor;
@@ -682,24 +675,25 @@ fn push_event(
         at: SystemTime::now(),
         instance_id: instance_id.to_owned(),
         asg,
-        kind: kind.to_owned(),
+        kind,
         message,
     };
     // Routine agent chatter (every check flip, every restart) is debug: at fleet scale an info
     // line per event is most of the coordinator's ingest cost (BENCHMARKS.md, ingest). What a
     // person acts on stays at info; all of it is in WatchEvents and the store either way.
+    use events::EventKind as K;
     if matches!(
         kind,
-        "check-changed"
-            | "service-state-changed"
-            | "restart-attempted"
-            | "agent-connected"
-            | "agent-disconnected"
-            | "dependency-changed"
+        K::CheckChanged
+            | K::ServiceStateChanged
+            | K::RestartAttempted
+            | K::AgentConnected
+            | K::AgentDisconnected
+            | K::DependencyChanged
     ) {
-        tracing::debug!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+        tracing::debug!(cursor, instance = instance_id, kind = kind.as_str(), message = %event.message, "fleet event");
     } else {
-        tracing::info!(cursor, instance = instance_id, kind, message = %event.message, "fleet event");
+        tracing::info!(cursor, instance = instance_id, kind = kind.as_str(), message = %event.message, "fleet event");
     }
     if let Some(record) = state.instances.get_mut(instance_id) {
         if record.recent_events.len() == RECENT_PER_INSTANCE {
@@ -777,7 +771,7 @@ mod tests {
             .expect("known")
             .recent_events
             .iter()
-            .filter(|e| e.kind == "check-changed")
+            .filter(|e| e.kind == events::EventKind::CheckChanged)
             .count();
         assert_eq!(checks, 3);
         // A restarted agent (new epoch) starts over.

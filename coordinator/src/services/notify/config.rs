@@ -6,54 +6,11 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 use autoheal_common::config::ConfigErrors;
 use serde::Deserialize;
 
+use crate::model::events::EventKind;
 use crate::ports::notify::WebhookUrl;
 
 /// The environment variable that may hold the Slack webhook URL instead of a file.
 pub const SLACK_WEBHOOK_ENV: &str = "AUTOHEAL_SLACK_WEBHOOK";
-
-/// Fleet event kinds notified unless `notify.kinds` says otherwise: what a person may need to act
-/// on or know about. Heartbeats, connects and check flaps are left out: they are noise at scale.
-pub const DEFAULT_KINDS: &[&str] = &[
-    "escalated",
-    "decision",
-    "dry-run",
-    "guardrail",
-    "alert",
-    "action-succeeded",
-    "action-failed",
-    "paused",
-    "resumed",
-    "inventory-failed",
-    "unknown-instance",
-    "dependency-changed",
-];
-
-/// Every fleet event kind the coordinator records, so a typo in `notify.kinds` is caught.
-pub const KNOWN_KINDS: &[&str] = &[
-    "action-failed",
-    "action-reconciled",
-    "action-succeeded",
-    "agent-connected",
-    "agent-disconnected",
-    "alert",
-    "check-changed",
-    "decision",
-    "dependency-changed",
-    "dry-run",
-    "escalated",
-    "events-dropped",
-    "events-missing",
-    "guardrail",
-    "instance-discovered",
-    "inventory-failed",
-    "paused",
-    "remediation-finished",
-    "restart-attempted",
-    "resumed",
-    "service-state-changed",
-    "ssm-finished",
-    "unknown-instance",
-];
 
 /// The `[notify]` section as written.
 #[derive(Debug, Default, Deserialize)]
@@ -85,7 +42,7 @@ pub struct Settings {
     /// Bound on one attempt at one message.
     pub timeout: Duration,
     /// Fleet event kinds worth a message.
-    pub kinds: BTreeSet<String>,
+    pub kinds: BTreeSet<EventKind>,
 }
 
 impl Default for Settings {
@@ -98,7 +55,11 @@ impl Default for Settings {
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
-            kinds: DEFAULT_KINDS.iter().map(|&k| k.to_owned()).collect(),
+            kinds: EventKind::ALL
+                .iter()
+                .copied()
+                .filter(|k| k.notified_by_default())
+                .collect(),
         }
     }
 }
@@ -234,17 +195,26 @@ impl NotifyConfig {
         let kinds = match raw.kinds {
             None => defaults.kinds.clone(),
             Some(kinds) => {
+                let mut known = BTreeSet::new();
                 for (i, kind) in kinds.iter().enumerate() {
-                    if !KNOWN_KINDS.contains(&kind.as_str()) {
-                        errors.push(
-                            format!("notify.kinds[{i}]"),
-                            format!(
-                                "{kind:?} is not a fleet event kind: use one of {KNOWN_KINDS:?}"
-                            ),
-                        );
+                    match kind.parse::<EventKind>() {
+                        Ok(k) => {
+                            known.insert(k);
+                        }
+                        Err(_) => {
+                            let names: Vec<&str> =
+                                EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                            errors.push(
+                                format!("notify.kinds[{i}]"),
+                                format!(
+                                    "{:?} is not a fleet event kind: use one of {names:?}",
+                                    autoheal_common::config::prefix(kind)
+                                ),
+                            );
+                        }
                     }
                 }
-                kinds.into_iter().collect()
+                known
             }
         };
 

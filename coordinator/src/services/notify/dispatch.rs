@@ -18,12 +18,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::{NotifyConfig, Settings};
-use crate::adapters::notify::{EventBus, SlackWebhook, SnsTopic};
-use crate::ports::notify::{Batch, MAX_MESSAGE_CHARS, Notifier, SendError, truncate};
+use crate::adapters::notify::EventBus;
+use crate::adapters::notify::SlackWebhook;
+use crate::adapters::notify::SnsTopic;
+use crate::ports::notify::Batch;
+use crate::ports::notify::MAX_MESSAGE_CHARS;
+use crate::ports::notify::Notifier;
+use crate::ports::notify::SendError;
+use crate::ports::notify::truncate;
 
 use crate::adapters::aws::sdk::Clients;
+use crate::model::events::EventKind;
+use crate::model::events::FleetEvent;
 use crate::services::fleet::Fleet;
-use crate::services::fleet::FleetEvent;
 
 /// Errors starting the notifications.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +168,7 @@ impl Notifications {
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     pub(super) events: Vec<FleetEvent>,
-    more: BTreeMap<String, usize>,
+    more: BTreeMap<EventKind, usize>,
 }
 
 impl Pending {

@@ -9,9 +9,7 @@
 mod config;
 mod dispatch;
 
-pub use config::{
-    DEFAULT_KINDS, KNOWN_KINDS, NotifyConfig, RawNotify, SLACK_WEBHOOK_ENV, Settings,
-};
+pub use config::{NotifyConfig, RawNotify, SLACK_WEBHOOK_ENV, Settings};
 pub use dispatch::{Notifications, NotifyError, spawn_notifications};
 
 #[cfg(test)]

@@ -15,11 +15,17 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{dispatch::Pending, *};
-use crate::{
-    adapters::notify::{self as sinks, SlackWebhook, arn_region},
-    ports::notify::{Batch, MAX_MESSAGE_CHARS, Notifier, SendError, WebhookUrl},
-    services::fleet::{Fleet, FleetEvent},
-};
+use crate::adapters::notify as sinks;
+use crate::adapters::notify::SlackWebhook;
+use crate::adapters::notify::arn_region;
+use crate::model::events::EventKind;
+use crate::model::events::FleetEvent;
+use crate::ports::notify::Batch;
+use crate::ports::notify::MAX_MESSAGE_CHARS;
+use crate::ports::notify::Notifier;
+use crate::ports::notify::SendError;
+use crate::ports::notify::WebhookUrl;
+use crate::services::fleet::Fleet;
 
 /// A sink that records what it is sent, can fail its first attempts, and can be held shut.
 #[derive(Debug, Default)]
@@ -110,9 +116,9 @@ async fn a_storm_becomes_a_few_batched_messages_one_per_interval() {
     let started = Instant::now();
     for i in 0..200 {
         let kind = if i % 4 == 0 {
-            "escalated"
+            EventKind::Escalated
         } else {
-            "action-failed"
+            EventKind::ActionFailed
         };
         fleet.record_event(&format!("i-{i}"), kind, format!("event {i}"));
     }
@@ -144,12 +150,16 @@ async fn a_storm_becomes_a_few_batched_messages_one_per_interval() {
 async fn events_after_a_message_wait_out_the_interval_together() {
     let sink = Arc::new(Recorder::default());
     let (fleet, _shutdown, _task) = start(&sink, settings());
-    fleet.record_event("i-1", "escalated", "web: local healing exhausted".into());
+    fleet.record_event(
+        "i-1",
+        EventKind::Escalated,
+        "web: local healing exhausted".into(),
+    );
     until("the first message", || sink.sent().len() == 1).await;
     let first = sink.sent()[0].0;
     for i in 2..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        fleet.record_event(&format!("i-{i}"), "escalated", "again".into());
+        fleet.record_event(&format!("i-{i}"), EventKind::Escalated, "again".into());
     }
     until("the second message", || sink.sent().len() == 2).await;
     let (at, batch) = &sink.sent()[1];
@@ -170,14 +180,26 @@ async fn events_after_a_message_wait_out_the_interval_together() {
 async fn heartbeats_connects_and_check_flaps_are_not_notified() {
     let sink = Arc::new(Recorder::default());
     let (fleet, _shutdown, _task) = start(&sink, settings());
-    fleet.record_event("i-1", "agent-connected", "agent 0.1.0 connected".into());
-    fleet.record_event("i-1", "check-changed", "web/http is unhealthy".into());
     fleet.record_event(
         "i-1",
-        "service-state-changed",
+        EventKind::AgentConnected,
+        "agent 0.1.0 connected".into(),
+    );
+    fleet.record_event(
+        "i-1",
+        EventKind::CheckChanged,
+        "web/http is unhealthy".into(),
+    );
+    fleet.record_event(
+        "i-1",
+        EventKind::ServiceStateChanged,
         "web: healthy -> failing".into(),
     );
-    fleet.record_event("i-1", "escalated", "web: local healing exhausted".into());
+    fleet.record_event(
+        "i-1",
+        EventKind::Escalated,
+        "web: local healing exhausted".into(),
+    );
     until("a message", || !sink.sent().is_empty()).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     let sent = sink.sent();
@@ -191,7 +213,11 @@ async fn heartbeats_connects_and_check_flaps_are_not_notified() {
 async fn a_failed_send_is_retried_with_backoff() {
     let sink = Arc::new(Recorder::failing(2, 503));
     let (fleet, _shutdown, _task) = start(&sink, settings());
-    fleet.record_event("i-1", "action-failed", "deregister: throttled".into());
+    fleet.record_event(
+        "i-1",
+        EventKind::ActionFailed,
+        "deregister: throttled".into(),
+    );
     until("delivery", || !sink.sent().is_empty()).await;
     assert_eq!(sink.attempts.load(Ordering::SeqCst), 3);
     assert_eq!(sink.sent()[0].1.events[0].message, "deregister: throttled");
@@ -201,7 +227,7 @@ async fn a_failed_send_is_retried_with_backoff() {
 async fn a_refused_send_is_not_retried_and_the_outbox_carries_on() {
     let sink = Arc::new(Recorder::failing(1, 404));
     let (fleet, _shutdown, _task) = start(&sink, settings());
-    fleet.record_event("i-1", "action-failed", "lost".into());
+    fleet.record_event("i-1", EventKind::ActionFailed, "lost".into());
     until("the attempt", || sink.attempts.load(Ordering::SeqCst) == 1).await;
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert_eq!(
@@ -210,7 +236,7 @@ async fn a_refused_send_is_not_retried_and_the_outbox_carries_on() {
         "a 404 is not retried"
     );
     assert!(sink.sent().is_empty());
-    fleet.record_event("i-2", "action-failed", "next".into());
+    fleet.record_event("i-2", EventKind::ActionFailed, "next".into());
     until("the next message", || !sink.sent().is_empty()).await;
     assert_eq!(sink.sent()[0].1.events[0].instance_id, "i-2");
 }
@@ -227,11 +253,11 @@ async fn a_full_queue_drops_and_counts_without_blocking_the_fleet() {
         ..settings()
     };
     let (fleet, _shutdown, _task) = start(&sink, settings);
-    fleet.record_event("i-0", "escalated", "first".into());
+    fleet.record_event("i-0", EventKind::Escalated, "first".into());
     // The sink now hangs on the first message.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 1..=50 {
-        fleet.record_event(&format!("i-{i}"), "escalated", "storm".into());
+        fleet.record_event(&format!("i-{i}"), EventKind::Escalated, "storm".into());
     }
     // Let the dispatcher see all 50 (paused time advances only once every task is idle).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -249,26 +275,30 @@ async fn a_full_queue_drops_and_counts_without_blocking_the_fleet() {
 async fn shutdown_sends_what_is_pending_at_once() {
     let sink = Arc::new(Recorder::default());
     let (fleet, shutdown, task) = start(&sink, settings());
-    fleet.record_event("i-1", "paused", "fleet paused by alice: deploy".into());
+    fleet.record_event(
+        "i-1",
+        EventKind::Paused,
+        "fleet paused by alice: deploy".into(),
+    );
     until("the first message", || sink.sent().len() == 1).await;
     let first = sink.sent()[0].0;
-    fleet.record_event("i-1", "resumed", "fleet resumed by alice".into());
+    fleet.record_event("i-1", EventKind::Resumed, "fleet resumed by alice".into());
     tokio::time::sleep(Duration::from_secs(1)).await;
     shutdown.cancel();
     task.await.expect("dispatcher ends");
     let sent = sink.sent();
     assert_eq!(sent.len(), 2);
     assert!(sent[1].0 - first < Duration::from_secs(30), "not held back");
-    assert_eq!(sent[1].1.events[0].kind, "resumed");
+    assert_eq!(sent[1].1.events[0].kind, EventKind::Resumed);
 }
 
-fn event(kind: &str, instance: &str, message: &str) -> FleetEvent {
+fn event(kind: EventKind, instance: &str, message: &str) -> FleetEvent {
     FleetEvent {
         cursor: 1,
         at: SystemTime::UNIX_EPOCH,
         instance_id: instance.into(),
         asg: "web".into(),
-        kind: kind.into(),
+        kind,
         message: message.into(),
     }
 }
@@ -277,8 +307,8 @@ fn event(kind: &str, instance: &str, message: &str) -> FleetEvent {
 fn the_summary_counts_the_rest_by_kind_most_frequent_first() {
     let batch = Batch {
         coordinator_id: "c".into(),
-        events: vec![event("escalated", "i-1", "web: exhausted")],
-        more: [("escalated".into(), 30), ("action-failed".into(), 7)].into(),
+        events: vec![event(EventKind::Escalated, "i-1", "web: exhausted")],
+        more: [(EventKind::Escalated, 30), (EventKind::ActionFailed, 7)].into(),
         dropped: 0,
     };
     assert_eq!(
@@ -298,7 +328,7 @@ fn the_summary_counts_the_rest_by_kind_most_frequent_first() {
 fn slack_text_escapes_what_slack_would_interpret() {
     let batch = Batch {
         coordinator_id: "c".into(),
-        events: vec![event("alert", "i-1", "<!channel> a & b")],
+        events: vec![event(EventKind::Alert, "i-1", "<!channel> a & b")],
         more: BTreeMap::new(),
         dropped: 0,
     };
@@ -311,7 +341,7 @@ fn slack_text_escapes_what_slack_would_interpret() {
 #[test]
 fn long_messages_are_cut() {
     let mut pending = Pending::default();
-    pending.push(event("alert", "i-1", &"x".repeat(5000)), 5);
+    pending.push(event(EventKind::Alert, "i-1", &"x".repeat(5000)), 5);
     assert_eq!(
         pending.events[0].message.chars().count(),
         MAX_MESSAGE_CHARS + 1
@@ -322,8 +352,8 @@ fn long_messages_are_cut() {
 fn the_event_bridge_detail_is_structured() {
     let batch = Batch {
         coordinator_id: "c".into(),
-        events: vec![event("decision", "i-1", "deregister")],
-        more: [("decision".into(), 2)].into(),
+        events: vec![event(EventKind::Decision, "i-1", "deregister")],
+        more: [(EventKind::Decision, 2)].into(),
         dropped: 3,
     };
     let json = batch.to_json();
@@ -408,8 +438,8 @@ fn no_section_and_no_environment_means_no_sinks_with_defaults() {
     assert!(errors.is_empty(), "{errors}");
     assert!(config.is_empty());
     assert_eq!(config.settings, Settings::default());
-    assert!(config.settings.kinds.contains("escalated"));
-    assert!(!config.settings.kinds.contains("check-changed"));
+    assert!(config.settings.kinds.contains(&EventKind::Escalated));
+    assert!(!config.settings.kinds.contains(&EventKind::CheckChanged));
 }
 
 #[test]
@@ -485,7 +515,7 @@ async fn a_failed_webhook_call_is_described_without_its_url() {
     let sink = SlackWebhook::new(url, Duration::from_secs(5)).expect("client");
     let batch = Batch {
         coordinator_id: "c".into(),
-        events: vec![event("alert", "i-1", "x")],
+        events: vec![event(EventKind::Alert, "i-1", "x")],
         more: BTreeMap::new(),
         dropped: 0,
     };
