@@ -2,16 +2,25 @@
 //! with a bounded budget, backoff, verification, dependency ordering, flap detection),
 //! escalation when healing is exhausted, and reporting to the coordinator over one mTLS stream.
 //!
+//! Data flows one way, from plain data to the edges:
+//!
+//! - [`state`]: the plain state types everything else shares (service states, verdicts,
+//!   snapshots, the reporter's status, events); it imports nothing of ours.
 //! - [`config`]: TOML → typed config, every error with its path.
-//! - [`probe`], [`check`]: what a check does once, and the task that runs it on its interval.
 //! - [`policy`]: the pure decisions (thresholds, restart budget, flapping), driven by `now`.
-//! - [`service`], [`action`]: a service's supervisor and its process side.
+//! - [`service`]: a service's pure state machine ([`service::machine`]) and the supervisor that
+//!   performs its effects; [`action`]: the process side (spawn, kill, systemctl).
+//! - [`probe`], [`check`]: what a check does once, and the task that runs it on its interval.
 //! - [`reporter`]: the coordinator stream, event numbering, buffering and replay.
 //! - [`status`]: the local 0600 unix socket `autoheal-agent status` reads.
-//! - [`metrics`]: Prometheus counters and the optional plain-HTTP `/metrics` endpoint.
+//! - [`metrics`]: Prometheus counters and the optional plain-HTTP `/metrics` endpoint; a leaf
+//!   that reads only [`state`].
+//! - [`clock`]: the one `Clock` (from `autoheal-common`); [`http`], [`identity`]: the small HTTP
+//!   client and the instance identity (IMDSv2 or static).
 //!
 //! Healing must never depend on the coordinator: nothing here waits on the reporter. This crate
-//! must not depend on the coordinator crate or on any AWS SDK.
+//! must not depend on the coordinator or policy crates, or on any AWS SDK; what it shares with
+//! them beside the wire (`autoheal-proto`) comes from `autoheal-common`.
 
 pub mod action;
 pub mod agent;

@@ -1,5 +1,5 @@
 //! The agent's TOML configuration: a raw, serde-shaped document ([`raw`]), validated
-//! ([`check`], [`probe`]) into typed values ([`typed`]) with every problem collected (with its
+//! (`check`, `probe`) into typed values ([`typed`]) with every problem collected (with its
 //! path) instead of stopping at the first.
 //!
 //! Unknown keys are errors (the `deny_unknown_fields` contract), but they are collected by

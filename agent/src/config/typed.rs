@@ -1,6 +1,6 @@
 //! The typed side of the agent's config: validated values (`Duration`, `SocketAddr`,
 //! `NonZeroUsize`, resolved paths) that the rest of the agent uses; never built from TOML
-//! directly, only by [`super::check`].
+//! directly, only by validation (`check`).
 
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 

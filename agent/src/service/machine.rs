@@ -20,8 +20,12 @@ use crate::{
     config::{Action, ServiceConfig},
     policy::{FlapDetector, RestartBudget, Threshold},
     probe::Outcome,
-    state::{CheckSnapshot, ServiceSnapshot, ServiceState, Verdict},
+    state::{ServiceSnapshot, ServiceState, Verdict},
 };
+
+mod report;
+
+pub use report::initial_snapshot;
 
 /// Restart attempts kept as escalation evidence.
 const MAX_EVIDENCE: usize = 20;
@@ -99,29 +103,6 @@ pub struct Machine {
     at: Moment,
     /// Effects of the input being handled.
     effects: Vec<Effect>,
-}
-
-/// The snapshot a service starts with (before its first evaluation).
-pub fn initial_snapshot(config: &ServiceConfig) -> ServiceSnapshot {
-    ServiceSnapshot {
-        name: config.name.clone(),
-        state: ServiceState::Starting,
-        reason: "starting".into(),
-        pid: None,
-        restarts: 0,
-        checks: config
-            .checks
-            .iter()
-            .map(|c| CheckSnapshot {
-                name: c.name.clone(),
-                kind: c.probe.kind().into(),
-                dependency: c.dependency.clone(),
-                status: Verdict::Unknown,
-                detail: String::new(),
-                last_probe_unix_ms: None,
-            })
-            .collect(),
-    }
 }
 
 impl Machine {
@@ -590,32 +571,7 @@ impl Machine {
     fn escalate(&mut self, reason: String) {
         self.escalated = true;
         self.reason = reason.clone();
-        let mut last_results: Vec<v1::CheckResult> = self
-            .config
-            .checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| v1::CheckResult {
-                check: c.name.clone(),
-                status: self.thresholds[i].verdict().wire() as i32,
-                detail: self.last[i]
-                    .as_ref()
-                    .map(|(o, _)| o.detail.clone())
-                    .unwrap_or_default(),
-                at: self.last[i].as_ref().map(|(_, at)| clock::timestamp(*at)),
-            })
-            .collect();
-        if let Some(d) = &self.process_down {
-            last_results.insert(
-                0,
-                v1::CheckResult {
-                    check: "main-process".into(),
-                    status: v1::CheckStatus::Unhealthy as i32,
-                    detail: d.clone(),
-                    at: Some(clock::timestamp(self.at.wall)),
-                },
-            );
-        }
+        let last_results = self.last_results();
         tracing::error!(service = %self.config.name, %reason, "local healing exhausted; escalating");
         let kind = v1::event::Kind::Escalated(v1::Escalated {
             service: self.config.name.clone(),
@@ -639,34 +595,7 @@ impl Machine {
             self.state = state;
         }
         self.reason = reason;
-        let snapshot = ServiceSnapshot {
-            name: self.config.name.clone(),
-            state,
-            reason: self.reason.clone(),
-            pid: self.pid,
-            restarts: self.budget.used(self.at.now),
-            checks: self
-                .config
-                .checks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| CheckSnapshot {
-                    name: c.name.clone(),
-                    kind: c.probe.kind().into(),
-                    dependency: c.dependency.clone(),
-                    status: self.thresholds[i].verdict(),
-                    detail: self.last[i]
-                        .as_ref()
-                        .map(|(o, _)| o.detail.clone())
-                        .unwrap_or_default(),
-                    last_probe_unix_ms: self.last[i].as_ref().and_then(|(_, at)| {
-                        at.duration_since(SystemTime::UNIX_EPOCH)
-                            .ok()
-                            .map(|d| d.as_millis() as u64)
-                    }),
-                })
-                .collect(),
-        };
+        let snapshot = self.snapshot();
         self.effects.push(Effect::Publish(Box::new(snapshot)));
     }
 }
