@@ -13,7 +13,6 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::LazyLock, time::Duration};
 
-use autoheal_policy as policy;
 use hyper::{Method, Request, Response, StatusCode, header, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
@@ -24,11 +23,6 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-use crate::model::journal::Phase;
-use crate::model::journal::Step;
-use crate::model::report::EventKind;
-use crate::services::fleet::Fleet;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -198,15 +192,23 @@ impl Metrics {
         autoheal_common::exposition::from_openmetrics(&open)
     }
 
-    pub fn agent_event(&self, kind: &EventKind, duplicate: bool) {
+    pub fn agent_event(&self, kind: &'static str, duplicate: bool) {
         self.agent_events
             .get_or_create(&KindLabel {
-                kind: kind.name().to_owned(),
+                kind: kind.to_owned(),
             })
             .inc();
         if duplicate {
             self.duplicate_events.inc();
         }
+    }
+
+    pub fn fleet_event(&self, kind: &'static str) {
+        self.fleet_events
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn aws_call(&self, operation: &str, outcome: &'static str) {
@@ -218,24 +220,15 @@ impl Metrics {
             .inc();
     }
 
-    pub fn decision(&self, decision: &policy::Decision) {
-        let kind = match &decision.kind {
-            policy::DecisionKind::Act(_) => "act",
-            policy::DecisionKind::WouldAct(_) => "would-act",
-            policy::DecisionKind::Hold { held_by, .. } => {
-                for g in held_by {
-                    self.guardrail_holds
-                        .get_or_create(&GuardrailLabel {
-                            guardrail: g.name().to_owned(),
-                        })
-                        .inc();
-                }
-                "hold"
-            }
-            policy::DecisionKind::Wait { .. } => "wait",
-            policy::DecisionKind::Alert(_) => "alert",
-            policy::DecisionKind::Finished(_) => "finished",
-        };
+    /// One decision of the engine, by kind (`act`, `hold`, …), and each guardrail that held it.
+    pub fn decision(&self, kind: &'static str, held_by: &[&'static str]) {
+        for guardrail in held_by {
+            self.guardrail_holds
+                .get_or_create(&GuardrailLabel {
+                    guardrail: (*guardrail).to_owned(),
+                })
+                .inc();
+        }
         self.decisions
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
@@ -243,16 +236,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn journaled(&self, step: Step, phase: Phase) {
-        let phase = match phase {
-            Phase::Intent => "intent",
-            Phase::Succeeded => "succeeded",
-            Phase::Failed => "failed",
-            Phase::WouldAct => "would-act",
-        };
+    pub fn journaled(&self, step: &'static str, phase: &'static str) {
         self.actions
             .get_or_create(&ActionLabels {
-                step: step.as_str().to_owned(),
+                step: step.to_owned(),
                 phase: phase.to_owned(),
             })
             .inc();
@@ -295,31 +282,6 @@ impl Default for ConnectedAgent {
 impl Drop for ConnectedAgent {
     fn drop(&mut self) {
         global().agents_connected.dec();
-    }
-}
-
-/// Counts fleet events by kind, off the fleet's broadcast like every other observer.
-pub async fn count_fleet_events(fleet: Fleet, shutdown: CancellationToken) {
-    let (_, mut events) = fleet.subscribe(u64::MAX);
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            event = events.recv() => event,
-        };
-        match event {
-            Ok(event) => {
-                global()
-                    .fleet_events
-                    .get_or_create(&KindLabel {
-                        kind: event.kind.as_str().to_owned(),
-                    })
-                    .inc();
-            }
-            // Missed events stay uncounted; counting the rest matters more than stopping.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
     }
 }
 
@@ -479,9 +441,9 @@ mod tests {
     #[test]
     fn journal_phases_are_counted_by_step() {
         let m = Metrics::new();
-        m.journaled(Step::Deregister, Phase::Intent);
-        m.journaled(Step::Deregister, Phase::Succeeded);
-        m.journaled(Step::Deregister, Phase::Succeeded);
+        m.journaled("deregister", "intent");
+        m.journaled("deregister", "succeeded");
+        m.journaled("deregister", "succeeded");
         let text = m.render();
         assert_eq!(
             sample(
@@ -491,51 +453,6 @@ mod tests {
             Some(2.0),
             "{text}"
         );
-    }
-
-    #[tokio::test]
-    async fn aws_retries_are_counted_by_outcome() {
-        use aws_sdk_autoscaling::{
-            config::http::HttpResponse, error::SdkError,
-            operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsError as E,
-        };
-
-        let settings = crate::adapters::aws::AwsSettings {
-            max_attempts: 2,
-            base_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(1),
-            ..Default::default()
-        };
-        let count = |outcome: &str| {
-            global()
-                .aws_calls
-                .get_or_create(&AwsCallLabels {
-                    operation: "MetricsTestCall".to_owned(),
-                    outcome: outcome.to_owned(),
-                })
-                .get()
-        };
-        let mut fail_first = true;
-        let done: Result<(), _> = crate::adapters::aws::retry(&settings, "MetricsTestCall", || {
-            let fail = std::mem::take(&mut fail_first);
-            async move {
-                if fail {
-                    Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
-                } else {
-                    Ok(())
-                }
-            }
-        })
-        .await;
-        assert!(done.is_ok());
-        assert_eq!((count("retried"), count("ok"), count("failed")), (1, 1, 0));
-        let failed: Result<(), _> =
-            crate::adapters::aws::retry(&settings, "MetricsTestCall", || async {
-                Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
-            })
-            .await;
-        assert!(failed.is_err());
-        assert_eq!((count("retried"), count("ok"), count("failed")), (2, 1, 1));
     }
 
     #[tokio::test]

@@ -285,7 +285,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("event_recorder")),
     );
     tokio::spawn(
-        crate::metrics::count_fleet_events(fleet.clone(), shutdown.clone())
+        crate::services::fleet::count_events(fleet.clone(), shutdown.clone())
             .instrument(tracing::info_span!("fleet_event_metrics")),
     );
     let metrics_addr = match config.metrics_listen {

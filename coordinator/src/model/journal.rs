@@ -37,6 +37,17 @@ pub enum Phase {
     WouldAct,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::WouldAct => "would-act",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Idempotency key: the same for an intent and its outcome.

@@ -26,7 +26,7 @@
 //! ```no_run
 //! # async fn wire(
 //! #     store: std::sync::Arc<dyn autoheal_coordinator::ports::store::Store>,
-//! #     entry: autoheal_coordinator::services::journal::Entry,
+//! #     entry: autoheal_coordinator::model::journal::Entry,
 //! # ) {
 //! use std::time::Duration;
 //! use autoheal_coordinator::services::lease::{Lease, LeaseSettings, LeaderState};
@@ -43,7 +43,7 @@
 //! // Before acting: read the token, stamp it on the journal intent, append it, and call AWS only
 //! // if the append succeeded. On `StoreError::Fenced`, tell the lease, which steps down at once.
 //! if let LeaderState::Leader { token } = handle.current() {
-//!     let intent = autoheal_coordinator::services::journal::Entry { fencing_token: token, ..entry };
+//!     let intent = autoheal_coordinator::model::journal::Entry { fencing_token: token, ..entry };
 //!     match store.append_journal(&intent).await {
 //!         Ok(()) => { /* the AWS call */ }
 //!         Err(e) if e.is_fenced() => handle.report_fenced(token).await,

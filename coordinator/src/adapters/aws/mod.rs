@@ -249,4 +249,48 @@ mod tests {
             assert!(remediation_script(&[bad.into()]).is_err(), "{bad:?}");
         }
     }
+
+    #[tokio::test]
+    async fn aws_retries_are_counted_by_outcome() {
+        use aws_sdk_autoscaling::{
+            config::http::HttpResponse, error::SdkError,
+            operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsError as E,
+        };
+
+        let settings = AwsSettings {
+            max_attempts: 2,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let count = |outcome: &str| {
+            crate::metrics::global()
+                .aws_calls
+                .get_or_create(&crate::metrics::AwsCallLabels {
+                    operation: "MetricsTestCall".to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .get()
+        };
+        let mut fail_first = true;
+        let done: Result<(), _> = retry(&settings, "MetricsTestCall", || {
+            let fail = std::mem::take(&mut fail_first);
+            async move {
+                if fail {
+                    Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(done.is_ok());
+        assert_eq!((count("retried"), count("ok"), count("failed")), (1, 1, 0));
+        let failed: Result<(), _> = retry(&settings, "MetricsTestCall", || async {
+            Err(SdkError::<E, HttpResponse>::timeout_error("slow"))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!((count("retried"), count("ok"), count("failed")), (2, 1, 1));
+    }
 }

@@ -956,7 +956,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
-                "store::embedded::tests::kill_9_mid_burst_loses_no_acknowledged_write",
+                "adapters::store::embedded::tests::kill_9_mid_burst_loses_no_acknowledged_write",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",

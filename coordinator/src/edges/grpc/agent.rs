@@ -244,8 +244,10 @@ impl AgentStream {
             Some(agent_message::Kind::Event(ev)) => {
                 let ev = Event::try_from(ev)?;
                 let recorded = self.fleet.event(&self.session, &ev);
-                crate::metrics::global()
-                    .agent_event(&ev.kind, matches!(recorded, Recorded::Duplicate { .. }));
+                crate::metrics::global().agent_event(
+                    ev.kind.name(),
+                    matches!(recorded, Recorded::Duplicate { .. }),
+                );
                 match recorded {
                     Recorded::New { acked_seq } | Recorded::Duplicate { acked_seq } => {
                         Ok(ack(acked_seq))

@@ -340,7 +340,7 @@ impl Controller {
     async fn record(&mut self, entry: &Entry) -> Result<(), StoreError> {
         let appended = self.journal.append(entry).await;
         if appended.is_ok() {
-            crate::metrics::global().journaled(entry.step, entry.phase);
+            crate::metrics::global().journaled(entry.step.as_str(), entry.phase.as_str());
         }
         match appended {
             Err(error) if error.is_fenced() => {
@@ -535,7 +535,7 @@ impl Controller {
             at: now,
         })));
         for decision in &plan.decisions {
-            crate::metrics::global().decision(decision);
+            count_decision(decision);
             if let Some(entry) = self.tell(decision)
                 && let Err(error) = self.record(&entry).await
             {
@@ -1016,4 +1016,19 @@ fn target_state(s: &str) -> policy::TargetState {
         "unused" => policy::TargetState::Unused,
         _ => policy::TargetState::Unavailable,
     }
+}
+
+/// The engine's decision in the metrics: its kind, and each guardrail that held it.
+fn count_decision(decision: &policy::Decision) {
+    let (kind, held_by) = match &decision.kind {
+        policy::DecisionKind::Act(_) => ("act", Vec::new()),
+        policy::DecisionKind::WouldAct(_) => ("would-act", Vec::new()),
+        policy::DecisionKind::Hold { held_by, .. } => {
+            ("hold", held_by.iter().map(|g| g.name()).collect())
+        }
+        policy::DecisionKind::Wait { .. } => ("wait", Vec::new()),
+        policy::DecisionKind::Alert(_) => ("alert", Vec::new()),
+        policy::DecisionKind::Finished(_) => ("finished", Vec::new()),
+    };
+    crate::metrics::global().decision(kind, &held_by);
 }

@@ -643,6 +643,25 @@ impl Fleet {
     }
 }
 
+/// Counts fleet events by kind in the metrics, off the fleet's broadcast like every other
+/// observer.
+pub async fn count_events(fleet: Fleet, shutdown: CancellationToken) {
+    let (_, mut events) = fleet.subscribe(u64::MAX);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event) => crate::metrics::global().fleet_event(event.kind.as_str()),
+            // Missed events stay uncounted; counting the rest matters more than stopping.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 fn with_skip(mut record: InstanceRecord, skips: &BTreeMap<String, Skip>) -> InstanceRecord {
     record.skipped = skips.contains_key(&record.instance_id);
     record
