@@ -218,6 +218,9 @@ impl Engine {
                 Want::Alert(alert, reason) => {
                     pass.push(&inst.id, DecisionKind::Alert(alert), reason)
                 }
+                // A remediation that ended in this pass (given up on, above all) is what this
+                // pass says about the instance; a new one is for the next pass to decide.
+                Want::Start(..) if in_flight.iter().any(|r| r.instance == inst.id) => {}
                 Want::Start(cause, action, reason) => {
                     pass.attempt(book, inst, Some(cause), action, 1, reason);
                 }

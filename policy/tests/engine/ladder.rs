@@ -1,5 +1,7 @@
 //! Every rung of the decision ladder, with a simulated clock.
 
+use std::time::Duration;
+
 use autoheal_policy::{
     Action, Alert, Cause, Config, DecisionKind, Ending, GuardrailOverride, Outcome, RawConfig,
     Stage, Step, TargetGroup, TargetState, Waiting,
@@ -301,6 +303,46 @@ fn failed_step_is_retried_then_abandoned_with_an_alert() {
     assert!(matches!(
         sim.book.get(&id("web-0")).expect("record").stage,
         Stage::Finished(Ending::GaveUp { .. })
+    ));
+}
+
+/// Found by `one_instance_never_has_two_remediations_at_once`: with both cooldowns off, the pass
+/// that gave up on a remediation used to start a new one for the same instance right away.
+#[test]
+fn a_remediation_given_up_on_does_not_restart_in_the_same_pass() {
+    let mut raw = RawConfig::default();
+    raw.guardrails.instance_cooldown = Duration::ZERO;
+    raw.guardrails.asg_cooldown = Duration::ZERO;
+    let mut sim = Sim::new(Config::try_new(raw).expect("valid config"));
+    sim.add_group("web", 10, &["a", "b", "c"], &["tg-http", "tg-grpc"]);
+    sim.escalate("web-0", "api");
+    for _ in 1..=3 {
+        sim.advance(secs(5));
+        let plan = sim.decide();
+        sim.execute(&plan, Answer::Fail);
+    }
+    sim.advance(secs(5));
+    let plan = sim.decide();
+    let kinds = about(&plan, "web-0");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, DecisionKind::Finished(Ending::GaveUp { .. }))),
+        "{plan:#?}"
+    );
+    assert!(
+        !kinds.iter().any(|k| matches!(k, DecisionKind::Act(_))),
+        "{plan:#?}"
+    );
+    assert!(matches!(
+        sim.book.get(&id("web-0")).expect("record").stage,
+        Stage::Finished(Ending::GaveUp { .. })
+    ));
+    // The next pass decides afresh; with the cooldowns off it may start again.
+    sim.advance(secs(5));
+    assert!(matches!(
+        only(&sim.decide(), "web-0").kind,
+        DecisionKind::Act(Action::Deregister { .. })
     ));
 }
 
