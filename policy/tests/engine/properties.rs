@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autoheal_policy::{
-    Action, AsgName, Config, DecisionKind, Engine, Fleet, GuardrailConfig, GuardrailOverride,
-    InstanceId, Lifecycle, Plan, RawConfig, Remediation, RemediationBook, TargetGroup, TargetState,
-    Timestamp,
+    Action, AsgName, BrakeScope, Config, DecisionKind, Engine, Fleet, Guardrail, GuardrailConfig,
+    GuardrailOverride, InstanceId, Lifecycle, Plan, RawConfig, Remediation, RemediationBook, Stage,
+    TargetGroup, TargetState, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -577,6 +577,141 @@ proptest! {
                     prop_assert_eq!(before, after, "dry-run changed the book of {}", asg);
                 }
             }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn no_remediation_starts_for_a_flapping_instance(s in scenario()) {
+        drive(&s, |p| {
+            for (id, asg, action) in p.starts() {
+                let g = p.guardrails(asg);
+                let inst = p.fleet.instance(id).expect("started instance is in the fleet");
+                let flips = inst.health_changes.iter()
+                    .filter(|t| p.now.since(**t) <= g.flap_window)
+                    .count() as u32;
+                prop_assert!(flips < g.flap_transitions,
+                    "{} started {:?} after {} flips within {:?}; limit {}",
+                    id, action, flips, g.flap_window, g.flap_transitions);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn no_destructive_decision_for_an_instance_reporting_a_shared_dependency(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.acts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let deps = inst.agent.as_ref().map(|a| a.failing_dependencies.clone()).unwrap_or_default();
+                prop_assert!(deps.is_empty(), "{} decided {:?} while reporting {:?} failing", id, action, deps);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn the_dependency_brake_engages_exactly_at_its_threshold(s in scenario()) {
+        drive(&s, |p| {
+            for asg in p.fleet.asgs() {
+                let g = p.guardrails(&asg);
+                let counted: Vec<_> = p.fleet.in_asg(&asg)
+                    .filter(|i| i.asg_instance.as_ref().is_some_and(|a| a.lifecycle == Lifecycle::InService))
+                    .filter(|i| p.now.since(i.launched_at) >= g.startup_grace)
+                    .collect();
+                let total = counted.len() as u64;
+                let expected: BTreeSet<String> = DEPS.iter()
+                    .map(|d| (*d).to_owned())
+                    .filter(|d| {
+                        let naming = counted.iter()
+                            .filter(|i| i.agent.as_ref().is_some_and(|a| a.failing_dependencies.contains(d)))
+                            .count() as u64;
+                        naming >= u64::from(g.brake_min_instances)
+                            && naming * 100 >= u64::from(g.dependency_percent) * total
+                    })
+                    .collect();
+                let braked: BTreeSet<String> = p.engine.brakes(p.fleet, &asg, p.now).into_iter()
+                    .filter_map(|b| match b {
+                        Guardrail::DependencyBrake { dependency, .. } => Some(dependency),
+                        _ => None,
+                    })
+                    .collect();
+                prop_assert_eq!(braked, expected, "{}", asg);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn the_anomaly_brake_engages_for_a_bad_az(s in scenario()) {
+        drive(&s, |p| {
+            for asg in p.fleet.asgs() {
+                let g = p.guardrails(&asg);
+                let brakes = p.engine.brakes(p.fleet, &asg, p.now);
+                for az in AZS {
+                    // An independent, narrower reading: instances of the AZ plainly bad right now.
+                    let counted: Vec<_> = p.fleet.in_asg(&asg)
+                        .filter(|i| i.az.as_str() == az)
+                        .filter(|i| i.asg_instance.as_ref().is_some_and(|a| a.lifecycle == Lifecycle::InService))
+                        .filter(|i| p.now.since(i.launched_at) >= g.startup_grace)
+                        .collect();
+                    let bad = counted.iter().filter(|i| {
+                        let heard = i.agent.as_ref().map_or(i.launched_at, |a| a.last_heartbeat);
+                        p.now.since(heard) > Duration::from_secs(90)
+                            || i.agent.as_ref().is_some_and(|a| a.escalation.is_some())
+                            || i.targets.iter().any(|t| t.state.is_failing())
+                    }).count() as u64;
+                    let oracle = bad >= u64::from(g.brake_min_instances)
+                        && bad * 100 > u64::from(g.anomaly_percent) * counted.len() as u64;
+                    if oracle {
+                        let engaged = brakes.iter().any(|b| matches!(b,
+                            Guardrail::AnomalyBrake { scope: BrakeScope::Az { az: a, .. }, .. } if a.as_str() == az));
+                        prop_assert!(engaged, "{asg}/{az}: {bad} of {} bad but no AZ brake", counted.len());
+                    }
+                }
+                let alerted: Vec<_> = p.plan.fleet_alerts.iter()
+                    .filter(|a| a.asg == asg)
+                    .map(|a| a.guardrail.clone())
+                    .collect();
+                prop_assert_eq!(alerted, brakes, "{}: fleet alerts are the brakes", asg);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn every_hold_names_the_guardrails_that_hold_it(s in scenario()) {
+        drive(&s, |p| {
+            for d in &p.plan.decisions {
+                if let DecisionKind::Hold { action, held_by } = &d.kind {
+                    prop_assert!(!held_by.is_empty(), "{} {:?} held by nothing", d.instance, action);
+                    for g in held_by {
+                        prop_assert!(d.reason.contains(&g.reason()),
+                            "{}: reason {:?} does not say {:?}", d.instance, d.reason, g.reason());
+                    }
+                    let requested = p.after.in_flight_for(&d.instance).is_some_and(|r| r.stage_since == p.now
+                        && matches!(r.stage, Stage::Requested { step, .. } if step == action.step()));
+                    prop_assert!(!requested, "{}: held {:?} yet requested in the book", d.instance, action);
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn deciding_on_one_reading_per_pass_is_deciding(s in scenario()) {
+        drive(&s, |p| {
+            // The simulation decides the way the coordinator should: one assess_fleet, then
+            // decide_assessed. Plain decide on the same inputs must agree, book included.
+            let mut book = p.before.clone();
+            let plan = p.engine.decide(p.fleet, &mut book, p.now);
+            prop_assert_eq!(&plan, p.plan);
+            prop_assert_eq!(&book, p.after);
+            // Readings from another moment are not trusted.
+            let stale = p.engine.assess_fleet(p.fleet, p.now - Duration::from_secs(3600));
+            let mut book = p.before.clone();
+            let plan = p.engine.decide_assessed(p.fleet, &stale, &mut book, p.now);
+            prop_assert_eq!(&plan, p.plan);
             Ok(())
         })?;
     }
