@@ -23,8 +23,6 @@ pub mod ports;
 pub mod services;
 
 pub mod book;
-pub mod ctl;
-pub mod pki;
 
 /// An error with its `source()` chain, `a: b: c`, for one-line logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

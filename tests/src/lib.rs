@@ -17,12 +17,12 @@ use std::{
 };
 
 use autoheal_common::tls::{self, TlsFiles};
-use autoheal_coordinator::pki;
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
     identity::{Role, TrustDomain},
     v1::{agent_service_client::AgentServiceClient, fleet_service_client::FleetServiceClient},
 };
+use autohealctl::pki;
 use tonic::transport::Channel;
 
 pub use tempfile::TempDir;

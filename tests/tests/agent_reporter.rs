@@ -8,7 +8,6 @@ use std::{
 
 use autoheal_agent::state::ServiceState;
 use autoheal_common::tls::TlsFiles;
-use autoheal_coordinator::pki::Validity;
 use autoheal_proto::{identity::Role, v1};
 use autoheal_tests::{
     Pki,
@@ -16,6 +15,7 @@ use autoheal_tests::{
     fake::{Behaviour, FakeCoordinator, Recorded},
     free_port, until,
 };
+use autohealctl::pki::Validity;
 use rustix::process::Signal;
 
 fn agent_toml(

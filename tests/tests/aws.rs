@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use autoheal_coordinator::pki::Validity;
 use autoheal_proto::identity::Role;
 use autoheal_tests::{
     AWS_ENV, Coordinator, Pki, eventually, free_addr,
@@ -12,6 +11,7 @@ use autoheal_tests::{
     proxy::{Fault, FaultProxy},
     sim::SimAgent,
 };
+use autohealctl::pki::Validity;
 
 const WAIT: Duration = Duration::from_secs(60);
 

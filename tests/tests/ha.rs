@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use autoheal_coordinator::pki::Validity;
 use autoheal_proto::identity::Role;
 use autoheal_tests::{
     AWS_ENV, Coordinator, Pki, eventually, free_addr,
@@ -13,6 +12,7 @@ use autoheal_tests::{
     proxy::{Fault, FaultProxy},
     sim::SimAgent,
 };
+use autohealctl::pki::Validity;
 
 const WAIT: Duration = Duration::from_secs(60);
 const LEASE_TTL: Duration = Duration::from_secs(3);

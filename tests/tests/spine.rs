@@ -3,8 +3,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use autoheal_common::tls::{PROTOCOL_VERSIONS, TlsFiles, provider};
-use autoheal_coordinator::pki;
-use autoheal_coordinator::pki::Validity;
 use autoheal_proto::{
     identity::Role,
     v1::{self, agent_message, coordinator_message},
@@ -12,6 +10,8 @@ use autoheal_proto::{
 use autoheal_tests::{
     Coordinator, INSTANCE_A, INSTANCE_B, Pki, agent_client, client_config, eventually, fleet_client,
 };
+use autohealctl::pki;
+use autohealctl::pki::Validity;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

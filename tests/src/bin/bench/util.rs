@@ -10,8 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use autoheal_coordinator::pki;
 use autoheal_proto::identity::TrustDomain;
+use autohealctl::pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Instance ids of the real agents the footprint and healing benchmarks run.

@@ -7,12 +7,11 @@ use std::{
 
 use anyhow::Context as _;
 use autoheal_common::tls::TlsFiles;
-use autoheal_coordinator::ctl;
-use autoheal_coordinator::pki;
 use autoheal_proto::{
     identity::{Role, TrustDomain},
     v1,
 };
+use autohealctl::{client, pki, tables};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -249,21 +248,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let mut client = ctl::connect(&endpoint, &files)?;
-        match call(&mut client, cli.command, cli.output).await {
+        let mut api = client::connect(&endpoint, &files)?;
+        match call(&mut api, cli.command, cli.output).await {
             Ok(code) => Ok(code),
             Err(status) => {
                 let tls = if matches!(
                     status.code(),
                     tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
                 ) {
-                    ctl::diagnose_tls(&endpoint, &files).await
+                    client::diagnose_tls(&endpoint, &files).await
                 } else {
                     None
                 };
                 eprintln!(
                     "autohealctl: {}",
-                    ctl::explain(&status, &endpoint, tls.as_deref())
+                    client::explain(&status, &endpoint, tls.as_deref())
                 );
                 Ok(ExitCode::FAILURE)
             }
@@ -272,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn call(
-    client: &mut ctl::Client,
+    client: &mut client::Client,
     command: Command,
     output: Output,
 ) -> Result<ExitCode, tonic::Status> {
@@ -284,9 +283,9 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::status_json(&s));
+                print_json(&tables::status_json(&s));
             } else {
-                print!("{}", ctl::status_table(&s));
+                print!("{}", tables::status_table(&s));
             }
         }
         Command::Instances { asg, az } => {
@@ -300,9 +299,9 @@ async fn call(
                 .into_inner()
                 .instances;
             if json {
-                print_json(&ctl::instances_json(&list));
+                print_json(&tables::instances_json(&list));
             } else {
-                print!("{}", ctl::instances_table(&list));
+                print!("{}", tables::instances_table(&list));
             }
         }
         Command::Instance { id } => {
@@ -311,9 +310,9 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::instance_json(&i));
+                print_json(&tables::instance_json(&i));
             } else {
-                print!("{}", ctl::instance_text(&i));
+                print!("{}", tables::instance_text(&i));
             }
         }
         Command::Events {
@@ -345,9 +344,9 @@ async fn call(
                 };
                 let Some(e) = next else { break };
                 if json {
-                    println!("{}", ctl::event_json(&e));
+                    println!("{}", tables::event_json(&e));
                 } else {
-                    println!("{}", ctl::event_line(&e));
+                    println!("{}", tables::event_line(&e));
                 }
             }
         }
@@ -362,12 +361,12 @@ async fn call(
                 .actions;
             if json {
                 print_json(&serde_json::Value::Array(
-                    actions.iter().map(ctl::action_json).collect(),
+                    actions.iter().map(tables::action_json).collect(),
                 ));
             } else if actions.is_empty() {
                 println!("no actions recorded");
             } else {
-                print!("{}", ctl::actions_table(&actions));
+                print!("{}", tables::actions_table(&actions));
             }
         }
         Command::Pause { reason } => {
@@ -376,7 +375,7 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::pause_json(Some(&p)));
+                print_json(&tables::pause_json(Some(&p)));
             } else {
                 println!("paused: {}", p.reason);
             }
@@ -387,7 +386,7 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::pause_json(Some(&p)));
+                print_json(&tables::pause_json(Some(&p)));
             } else {
                 println!("resumed");
             }
@@ -401,12 +400,12 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::action_json(&a));
+                print_json(&tables::action_json(&a));
             } else {
                 println!(
                     "{} {}: {}",
                     a.instance_id,
-                    ctl::action_status(a.status),
+                    tables::action_status(a.status),
                     if a.detail.is_empty() {
                         &a.reason
                     } else {
@@ -430,7 +429,7 @@ async fn call(
                 .await?
                 .into_inner();
             if json {
-                print_json(&ctl::summary_json(&i));
+                print_json(&tables::summary_json(&i));
             } else if skip {
                 println!(
                     "{} is skipped: no automatic remediation until `autohealctl unskip`",
