@@ -11,11 +11,12 @@ use std::{
 };
 
 use autoheal_common::{
-    config::{ConfigErrors, RawTls},
+    config::{ConfigErrors, RawTls, parse_duration},
     tls::split_endpoint,
 };
 
 use super::{
+    parse::shown,
     probe::{health_check, parse_host_port},
     raw::{RawConfig, RawCoordinator, RawIdentity, RawRestart, RawService},
     typed::{
@@ -57,7 +58,7 @@ pub(super) fn config(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors
         Some(l) => l.parse::<SocketAddr>().map_err(|_| {
             errors.push(
                 "metrics.listen",
-                format!("{l:?} is not an address: use e.g. \"127.0.0.1:9465\" (plain HTTP: keep it on loopback or a private interface)"),
+                format!("{} is not an address: use e.g. \"127.0.0.1:9465\" (plain HTTP: keep it on loopback or a private interface)", shown(l)),
             );
         }).ok(),
     });
@@ -91,9 +92,12 @@ fn coordinator(
             "required: at least one host:port, e.g. [\"coordinator.example.com:7443\"]",
         );
     }
-    for (i, e) in endpoints.iter().enumerate() {
-        if let Err(e) = split_endpoint(e) {
-            errors.push(format!("coordinator.endpoints[{i}]"), e.to_string());
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let path = format!("coordinator.endpoints[{i}]");
+        match split_endpoint(endpoint) {
+            Err(e) => errors.push(path, e.to_string()),
+            Ok((_, 0)) => errors.push(path, "port 0 is not a port to connect to"),
+            Ok(_) => {}
         }
     }
     let tls = match tls {
@@ -106,7 +110,9 @@ fn coordinator(
             RawTls::default().resolve(base, "tls", &mut ConfigErrors::default())
         }
     };
-    let connect_timeout = errors.duration(
+    // Zero would never connect.
+    let connect_timeout = positive(
+        errors,
         "coordinator.connect_timeout",
         raw.connect_timeout.as_deref(),
         Duration::from_secs(5),
@@ -163,9 +169,8 @@ fn identity(raw: RawIdentity, errors: &mut ConfigErrors) -> IdentitySource {
     );
     match (raw.instance_id, raw.availability_zone) {
         (Some(instance_id), Some(availability_zone)) => {
-            if let Err(e) = autoheal_proto::identity::validate_segment("instance id", &instance_id)
-            {
-                errors.push("identity.instance_id", e.to_string());
+            if let Err(e) = segment("instance id", &instance_id) {
+                errors.push("identity.instance_id", e);
             }
             if availability_zone.trim().is_empty() {
                 errors.push("identity.availability_zone", "must not be empty");
@@ -216,8 +221,8 @@ fn identity(raw: RawIdentity, errors: &mut ConfigErrors) -> IdentitySource {
 
 fn service(name: &str, raw: &RawService, base: &Path, errors: &mut ConfigErrors) -> ServiceConfig {
     let p = format!("services.{name}");
-    if let Err(e) = autoheal_proto::identity::validate_segment("service name", name) {
-        errors.push(&p, e.to_string());
+    if let Err(e) = segment("service name", name) {
+        errors.push(&p, e);
     }
     let dir = raw
         .working_dir
@@ -295,8 +300,8 @@ fn service(name: &str, raw: &RawService, base: &Path, errors: &mut ConfigErrors)
                 errors.push(
                     format!("{cp}.name"),
                     format!(
-                        "{:?} is used by another check of this service: give each check a unique name",
-                        check.name
+                            "{} is used by another check of this service: give each check a unique name",
+                        shown(&check.name)
                     ),
                 );
             }
@@ -340,12 +345,14 @@ fn restart_policy(
         raw.window.as_deref(),
         d.window,
     );
-    let backoff_initial = errors.duration(
+    let backoff_initial = duration(
+        errors,
         &format!("{p}.backoff_initial"),
         raw.backoff_initial.as_deref(),
         d.backoff_initial,
     );
-    let backoff_max = errors.duration(
+    let backoff_max = duration(
+        errors,
         &format!("{p}.backoff_max"),
         raw.backoff_max.as_deref(),
         d.backoff_max,
@@ -402,7 +409,7 @@ fn dependency_graph(services: &[ServiceConfig], errors: &mut ConfigErrors) {
             if d == &s.name {
                 errors.push(path, "a service cannot depend on itself");
             } else if !names.contains(d.as_str()) {
-                errors.push(path, format!("no service named {d:?} is configured"));
+                errors.push(path, format!("no service named {} is configured", shown(d)));
             }
         }
     }
@@ -457,7 +464,7 @@ pub(super) fn positive(
     raw: Option<&str>,
     default: Duration,
 ) -> Duration {
-    let d = errors.duration(path, raw, default);
+    let d = duration(errors, path, raw, default);
     if raw.is_some() && d.is_zero() {
         errors.push(path, "must be longer than zero");
         return default;
@@ -481,4 +488,33 @@ pub(super) fn int(
             default
         }
     }
+}
+
+/// A duration, or `default` when unset; a bad one is recorded (echoing a short prefix only).
+pub(super) fn duration(
+    errors: &mut ConfigErrors,
+    path: &str,
+    raw: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match raw.map(|r| (r, parse_duration(r))) {
+        None => default,
+        Some((_, Ok(d))) => d,
+        Some((r, Err(_))) => {
+            errors.push(
+                path,
+                format!(
+                    "{} is not a duration: use e.g. \"250ms\", \"5s\", \"2m\", \"1h\"",
+                    shown(r)
+                ),
+            );
+            default
+        }
+    }
+}
+
+/// A name that becomes part of an identity (instance, service, check, dependency).
+pub(super) fn segment(kind: &'static str, value: &str) -> Result<(), String> {
+    autoheal_proto::identity::validate_segment(kind, value)
+        .map_err(|e| e.to_string().replace(&format!("{value:?}"), &shown(value)))
 }

@@ -2,15 +2,16 @@
 //! (`check`, `probe`) into typed values ([`typed`]) with every problem collected (with its
 //! path) instead of stopping at the first.
 //!
-//! Unknown keys are errors (the `deny_unknown_fields` contract), but they are collected by
-//! [`autoheal_common::config::parse_toml`] so that `check-config` lists all of them at once.
+//! Unknown keys are errors (the `deny_unknown_fields` contract), but they are collected, like
+//! mistyped values, by [`parse`] so that `check-config` lists all of them at once.
 
 use std::path::{Path, PathBuf};
 
-use autoheal_common::config::{ConfigErrors, parse_toml};
+use autoheal_common::config::ConfigErrors;
 use autoheal_proto::v1;
 
 mod check;
+pub mod parse;
 mod probe;
 pub mod raw;
 pub mod typed;
@@ -34,7 +35,7 @@ pub enum LoadError {
 impl Config {
     /// Reads and validates a config file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -44,22 +45,25 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::path::absolute(&base).unwrap_or(base);
-        Self::parse(&text, &base).map_err(|errors| LoadError::Invalid {
+        Self::parse_bytes(&bytes, &base).map_err(|errors| LoadError::Invalid {
             path: path.to_owned(),
             errors,
         })
     }
 
+    /// Parses and validates a config file's bytes (see [`Config::parse`]).
+    pub fn parse_bytes(bytes: &[u8], base: &Path) -> Result<Self, ConfigErrors> {
+        Self::parse(parse::text(bytes)?, base)
+    }
+
+    /// Parses and validates a config document: every problem is listed (each with its path, at
+    /// most [`parse::MAX_ERRORS`] of them), not only the first.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
-        // Unknown keys first (parse_toml lists them all), then, since unknown keys don't stop
-        // typing, every typed problem too: one run of check-config shows everything.
-        let (raw, mut errors) = match parse_toml::<RawConfig>(text) {
-            Ok(raw) => (raw, ConfigErrors::default()),
-            Err(errors) => match toml::from_str::<RawConfig>(text) {
-                Ok(raw) => (raw, errors),
-                // Syntax or type error: parse_toml already said where.
-                Err(_) => return Err(errors),
-            },
+        // The document's shape first (mistyped values, unknown keys), then, since those don't
+        // stop validation, every typed problem too: one run of check-config shows everything.
+        let (raw, mut errors) = parse::raw(text);
+        let Some(raw) = raw else {
+            return Err(parse::bounded(errors));
         };
         match Self::from_raw(raw, base) {
             Ok(config) => errors.finish(config),
@@ -68,7 +72,9 @@ impl Config {
                 Err(errors)
             }
         }
+        .map_err(parse::bounded)
     }
+
     /// Validates a raw document; relative paths resolve against `base`.
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Self, ConfigErrors> {
         check::config(raw, base)

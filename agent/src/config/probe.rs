@@ -7,7 +7,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use autoheal_common::config::ConfigErrors;
 
 use super::{
-    check::{argv_ok, int, positive},
+    check::{argv_ok, duration, int, positive, segment},
+    parse::shown,
     raw::RawCheck,
     typed::{CheckConfig, HttpProbe, Probe, ProcessMatch},
 };
@@ -33,15 +34,16 @@ pub(super) fn health_check(
         errors.push(
             format!("{p}.kind"),
             format!(
-                "unknown check kind {kind:?}: use one of {}",
+                "unknown check kind {}: use one of {}",
+                shown(kind),
                 KINDS.join(", ")
             ),
         );
         return None;
     }
     let name = raw.name.clone().unwrap_or_else(|| kind.to_owned());
-    if let Err(e) = autoheal_proto::identity::validate_segment("check name", &name) {
-        errors.push(format!("{p}.name"), e.to_string());
+    if let Err(e) = segment("check name", &name) {
+        errors.push(format!("{p}.name"), e);
     }
     let interval = positive(
         errors,
@@ -59,12 +61,14 @@ pub(super) fn health_check(
     if raw.timeout.is_some() && timeout >= interval {
         errors.push(format!("{p}.timeout"), "must be shorter than interval");
     }
-    let initial_delay = errors.duration(
+    let initial_delay = duration(
+        errors,
         &format!("{p}.initial_delay"),
         raw.initial_delay.as_deref(),
         Duration::ZERO,
     );
-    let startup_grace = errors.duration(
+    let startup_grace = duration(
+        errors,
         &format!("{p}.startup_grace"),
         raw.startup_grace.as_deref(),
         Duration::ZERO,
@@ -88,9 +92,9 @@ pub(super) fn health_check(
     if let Some(Err(e)) = raw
         .dependency
         .as_ref()
-        .map(|dep| autoheal_proto::identity::validate_segment("dependency name", dep))
+        .map(|dep| segment("dependency name", dep))
     {
-        errors.push(format!("{p}.dependency"), e.to_string());
+        errors.push(format!("{p}.dependency"), e);
     }
 
     // Which kind-specific fields are set, so a field meant for another kind is reported.
@@ -149,7 +153,10 @@ pub(super) fn health_check(
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 errors.push(
                     format!("{p}.method"),
-                    format!("{method:?} is not an HTTP method: use e.g. \"GET\" or \"HEAD\""),
+                    format!(
+                        "{} is not an HTTP method: use e.g. \"GET\" or \"HEAD\"",
+                        shown(&method)
+                    ),
                 );
             }
             let status = match raw.expect_status.as_deref() {
@@ -280,9 +287,12 @@ fn percent(errors: &mut ConfigErrors, p: &str, raw: Option<f64>, default: f64) -
 /// `host:port`; the host may be a name or an IP (`[::1]:80` for IPv6).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{}: port 0 is not a port to connect to", shown(s)));
+        }
         return Ok((addr.ip().to_string(), addr.port()));
     }
-    let bad = || format!("{s:?} is not host:port, e.g. \"127.0.0.1:8080\"");
+    let bad = || format!("{} is not host:port, e.g. \"127.0.0.1:8080\"", shown(s));
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(['/', ' ']) {
@@ -301,11 +311,13 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
         rest
     } else if url.starts_with("https://") {
         return Err(format!(
-            "{url:?}: https is not supported by http checks; check the plain-HTTP health port, or use a tcp check"
+            "{}: https is not supported by http checks; check the plain-HTTP health port, or use a tcp check",
+            shown(url)
         ));
     } else {
         return Err(format!(
-            "{url:?} is not a URL: use e.g. \"http://127.0.0.1:8080/healthz\""
+            "{} is not a URL: use e.g. \"http://127.0.0.1:8080/healthz\"",
+            shown(url)
         ));
     };
     let (authority, path) = match rest.find('/') {
@@ -318,13 +330,18 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
         format!("{authority}:80")
     };
     let (host, port) =
-        parse_host_port(&hostport).map_err(|_| format!("{url:?}: bad host or port"))?;
+        parse_host_port(&hostport).map_err(|_| format!("{}: bad host or port", shown(url)))?;
     Ok((host, port, path.to_owned()))
 }
 
 /// `200`, `200-399` or `2xx`.
 pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("{s:?} is not a status range: use e.g. \"200\", \"200-399\" or \"2xx\"");
+    let bad = || {
+        format!(
+            "{} is not a status range: use e.g. \"200\", \"200-399\" or \"2xx\"",
+            shown(s)
+        )
+    };
     let (lo, hi) = if let Some(class) = s.strip_suffix("xx") {
         let c: u16 = class.parse().map_err(|_| bad())?;
         (c * 100, c * 100 + 99)

@@ -6,7 +6,7 @@
 //! [`autoheal_common::config::parse_duration`] in validation, so a bad one is reported with its
 //! path beside every other problem instead of aborting the whole parse.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use autoheal_common::config::RawTls;
 use serde::Deserialize;
@@ -25,10 +25,14 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawCoordinator {
     pub endpoints: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub heartbeat_interval: Option<String>,
     pub event_buffer: Option<i64>,
+    #[serde(default, deserialize_with = "duration")]
     pub reconnect_initial: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub reconnect_max: Option<String>,
 }
 
@@ -37,6 +41,7 @@ pub struct RawIdentity {
     pub instance_id: Option<String>,
     pub availability_zone: Option<String>,
     pub imds_endpoint: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub imds_timeout: Option<String>,
 }
 
@@ -61,6 +66,7 @@ pub struct RawService {
     /// With `restart_command`: the service's pidfile, watched so an exit is seen at once.
     pub pidfile: Option<String>,
     pub working_dir: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub stop_timeout: Option<String>,
     pub depends_on: Option<Vec<String>>,
     pub restart: Option<RawRestart>,
@@ -71,12 +77,18 @@ pub struct RawService {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRestart {
     pub max_attempts: Option<i64>,
+    #[serde(default, deserialize_with = "duration")]
     pub window: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub backoff_initial: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub backoff_max: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub verify_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub action_timeout: Option<String>,
     pub flap_transitions: Option<i64>,
+    #[serde(default, deserialize_with = "duration")]
     pub flap_window: Option<String>,
 }
 
@@ -84,9 +96,13 @@ pub struct RawRestart {
 pub struct RawCheck {
     pub name: Option<String>,
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub interval: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub initial_delay: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
     pub startup_grace: Option<String>,
     pub success_threshold: Option<i64>,
     pub failure_threshold: Option<i64>,
@@ -112,4 +128,22 @@ pub struct RawCheck {
     pub max_used_percent: Option<f64>,
     // load
     pub max_load_per_cpu: Option<f64>,
+}
+
+/// A duration stays text until validation parses it (so a bad one is reported beside every other
+/// problem); this only says what was expected when it isn't text at all.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration like \"5s\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+    d.deserialize_str(Text).map(Some)
 }

@@ -194,3 +194,163 @@ fn metrics_listen_is_an_address() {
         assert_eq!(errors.errors[0].path, "metrics.listen", "{bad}: {errors}");
     }
 }
+
+// Issue #19, point 4: config errors.
+
+const WEB: &str = "[services.web]\nrun = [\"x\"]\n";
+
+#[test]
+fn mistyped_values_are_listed_with_their_paths_and_reading_goes_on() {
+    let errs = errors_of(&format!(
+        "{WEB}[[services.web.checks]]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = 5\ntimeout = \"x\"\nfailure_threshold = \"3\"\n"
+    ));
+    assert_eq!(
+        errs,
+        [
+            "services.web.checks[0].failure_threshold: expected a whole number, got \"3\"",
+            "services.web.checks[0].interval: expected a duration like \"5s\", got 5",
+            "services.web.checks[0].timeout: \"x\" is not a duration: use e.g. \"250ms\", \"5s\", \"2m\", \"1h\"",
+        ]
+    );
+}
+
+#[test]
+fn messages_speak_toml_not_rust_types() {
+    for (text, path, message) in [
+        (
+            "[services]\nweb = 5\n",
+            "services.web",
+            "expected a table, got 5",
+        ),
+        (
+            "[coordinator]\nendpoints = [\"a:1\"]\nevent_buffer = 1.5\n",
+            "coordinator.event_buffer",
+            "expected a whole number, got 1.5",
+        ),
+        ("tls = [1]\n", "tls", "expected a table, got a list"),
+        (
+            "[services.web]\nrun = \"/bin/app\"\n",
+            "services.web.run",
+            "expected a list, got \"/bin/app\"",
+        ),
+        (
+            "[services.web]\nrun = [\"/bin/app\", 8080]\n",
+            "services.web.run[1]",
+            "expected a string, got 8080",
+        ),
+    ] {
+        let errors = Config::parse(text, Path::new("/")).expect_err(text);
+        let e = &errors.errors[0];
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            (path, message),
+            "{errors}"
+        );
+        let all = errors.to_string();
+        for internal in ["Raw", "i64", "f64", "struct", "sequence", "map"] {
+            assert!(!all.contains(internal), "{internal:?} in {all}");
+        }
+    }
+}
+
+#[test]
+fn port_zero_is_refused_in_tcp_and_http_checks_and_endpoints() {
+    let errs = errors_of(&format!(
+        "[coordinator]\nendpoints = [\"coordinator.example.com:0\"]\n[tls]\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+         [identity]\ninstance_id = \"i-1\"\navailability_zone = \"a\"\n\
+         {WEB}[[services.web.checks]]\nkind = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
+         [[services.web.checks]]\nkind = \"http\"\nurl = \"http://127.0.0.1:0/healthz\"\n"
+    ));
+    for want in [
+        "coordinator.endpoints[0]: port 0",
+        "services.web.checks[0].address: \"127.0.0.1:0\": port 0",
+        "services.web.checks[1].url: \"http://127.0.0.1:0/healthz\": bad host or port",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn zero_durations_that_mean_nothing_are_refused() {
+    let errs = errors_of(
+        "[coordinator]\nendpoints = [\"c:7443\"]\nconnect_timeout = \"0s\"\n[tls]\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+         [identity]\ninstance_id = \"i-1\"\navailability_zone = \"a\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["coordinator.connect_timeout: must be longer than zero"]
+    );
+    for field in ["interval", "timeout"] {
+        let errs = errors_of(&format!(
+            "{WEB}[[services.web.checks]]\nkind = \"tcp\"\naddress = \"a:1\"\n{field} = \"0ms\"\n"
+        ));
+        assert_eq!(
+            errs,
+            [format!(
+                "services.web.checks[0].{field}: must be longer than zero"
+            )]
+        );
+    }
+    let errs = errors_of(&format!("{WEB}[services.web.restart]\nwindow = \"-5s\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("services.web.restart.window: \"-5s\" is not a duration"));
+}
+
+#[test]
+fn output_is_bounded_whatever_the_input() {
+    // 10 MB of one-line garbage: one short error.
+    let garbage = "garbage ".repeat(10 << 17);
+    let errors = Config::parse(&garbage, Path::new("/")).expect_err("garbage");
+    let shown = errors.to_string();
+    assert!(
+        errors.errors.len() == 1 && shown.len() < 300,
+        "{} bytes",
+        shown.len()
+    );
+    assert!(shown.starts_with("line 1: "), "{shown}");
+
+    // A long value is echoed as a short prefix.
+    let long = "x".repeat(100_000);
+    let errs = errors_of(&format!(
+        "{WEB}[[services.web.checks]]\nkind = \"{long}\"\n[[services.web.checks]]\nkind = \"tcp\"\naddress = \"a:1\"\ninterval = \"{long}\"\n[services.web.{long}]\n"
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    for e in &errs {
+        assert!(e.len() < 300, "{} bytes: {}...", e.len(), &e[..100]);
+        assert!(
+            e.contains(&long[..64]) && !e.contains(&long[..65]),
+            "echoes 64 characters: {e}"
+        );
+    }
+
+    // Many problems: a bounded list that says how many more there are.
+    let many: String = (0..500).map(|i| format!("k{i} = {i}\n")).collect();
+    let errors = Config::parse(&many, Path::new("/")).expect_err("unknown keys");
+    assert_eq!(errors.errors.len(), parse::MAX_ERRORS + 1);
+    assert_eq!(
+        errors.errors[parse::MAX_ERRORS].message,
+        "450 more error(s) not shown: fix these first"
+    );
+}
+
+#[test]
+fn non_utf8_input_names_the_byte_offset() {
+    let errors = Config::parse_bytes(b"[services.web]\nrun = [\"\xff\"]\n", Path::new("/"))
+        .expect_err("not UTF-8");
+    assert_eq!(
+        errors.to_string(),
+        "line 2: not UTF-8 at byte offset 23: a config file must be UTF-8 text"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, b"# caf\xe9\n").expect("write");
+    let e = Config::load(&path).expect_err("not UTF-8");
+    assert!(
+        e.to_string().contains("line 1: not UTF-8 at byte offset 5"),
+        "{e}"
+    );
+}
