@@ -4,6 +4,9 @@
 //! and performs the effects it returns: events, probe control, restart commands to the process
 //! task, and the service's state over `watch`.
 
+use std::collections::VecDeque;
+
+use autoheal_proto::v1::event;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,
@@ -101,16 +104,16 @@ impl Supervisor {
         effects: Vec<Effect>,
         reply: &mut Option<oneshot::Receiver<RestartReply>>,
     ) {
-        let mut queue = std::collections::VecDeque::from(effects);
+        let mut queue = VecDeque::from(effects);
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Emit { at, kind } => {
                     // The healing counters follow the events that report them.
                     match &kind {
-                        autoheal_proto::v1::event::Kind::RestartAttempted(r) => {
+                        event::Kind::RestartAttempted(r) => {
                             self.metrics.restart(r.succeeded);
                         }
-                        autoheal_proto::v1::event::Kind::Escalated(_) => self.metrics.escalated(),
+                        event::Kind::Escalated(_) => self.metrics.escalated(),
                         _ => {}
                     }
                     self.events.emit(at, kind);
