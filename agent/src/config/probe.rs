@@ -10,12 +10,20 @@ use super::{
     check::{argv_ok, duration, int, positive, segment},
     parse::shown,
     raw::RawCheck,
-    typed::{CheckConfig, HttpProbe, Probe, ProcessMatch},
+    typed::{CheckConfig, CheckKind, HttpProbe, Probe, ProcessMatch},
 };
 
-const KINDS: &[&str] = &[
-    "http", "tcp", "grpc", "exec", "process", "systemd", "disk", "memory", "load",
-];
+fn kinds() -> String {
+    CheckKind::ALL.map(CheckKind::as_str).join(", ")
+}
+
+fn names(kinds: &[CheckKind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub(super) fn health_check(
     p: &str,
@@ -23,25 +31,22 @@ pub(super) fn health_check(
     base: &Path,
     errors: &mut ConfigErrors,
 ) -> Option<CheckConfig> {
-    let Some(kind) = raw.kind.as_deref() else {
-        errors.push(
-            format!("{p}.kind"),
-            format!("required: one of {}", KINDS.join(", ")),
-        );
+    let Some(kind_name) = raw.kind.as_deref() else {
+        errors.push(format!("{p}.kind"), format!("required: one of {}", kinds()));
         return None;
     };
-    if !KINDS.contains(&kind) {
+    let Some(kind) = CheckKind::from_name(kind_name) else {
         errors.push(
             format!("{p}.kind"),
             format!(
                 "unknown check kind {}: use one of {}",
-                shown(kind),
-                KINDS.join(", ")
+                shown(kind_name),
+                kinds()
             ),
         );
         return None;
-    }
-    let name = raw.name.clone().unwrap_or_else(|| kind.to_owned());
+    };
+    let name = raw.name.clone().unwrap_or_else(|| kind.as_str().to_owned());
     if let Err(e) = segment("check name", &name) {
         errors.push(format!("{p}.name"), e);
     }
@@ -98,35 +103,55 @@ pub(super) fn health_check(
     }
 
     // Which kind-specific fields are set, so a field meant for another kind is reported.
-    let fields: [(&str, bool, &[&str]); 14] = [
-        ("url", raw.url.is_some(), &["http"]),
-        ("method", raw.method.is_some(), &["http"]),
-        ("expect_status", raw.expect_status.is_some(), &["http"]),
-        ("body_contains", raw.body_contains.is_some(), &["http"]),
-        ("address", raw.address.is_some(), &["tcp", "grpc"]),
-        ("grpc_service", raw.grpc_service.is_some(), &["grpc"]),
-        ("command", raw.command.is_some(), &["exec"]),
-        ("output_cap", raw.output_cap.is_some(), &["exec"]),
-        ("process_name", raw.process_name.is_some(), &["process"]),
-        ("pidfile", raw.pidfile.is_some(), &["process"]),
-        ("unit", raw.unit.is_some(), &["systemd"]),
-        ("path", raw.path.is_some(), &["disk"]),
+    let fields: [(&str, bool, &[CheckKind]); 14] = [
+        ("url", raw.url.is_some(), &[CheckKind::Http]),
+        ("method", raw.method.is_some(), &[CheckKind::Http]),
+        (
+            "expect_status",
+            raw.expect_status.is_some(),
+            &[CheckKind::Http],
+        ),
+        (
+            "body_contains",
+            raw.body_contains.is_some(),
+            &[CheckKind::Http],
+        ),
+        (
+            "address",
+            raw.address.is_some(),
+            &[CheckKind::Tcp, CheckKind::Grpc],
+        ),
+        (
+            "grpc_service",
+            raw.grpc_service.is_some(),
+            &[CheckKind::Grpc],
+        ),
+        ("command", raw.command.is_some(), &[CheckKind::Exec]),
+        ("output_cap", raw.output_cap.is_some(), &[CheckKind::Exec]),
+        (
+            "process_name",
+            raw.process_name.is_some(),
+            &[CheckKind::Process],
+        ),
+        ("pidfile", raw.pidfile.is_some(), &[CheckKind::Process]),
+        ("unit", raw.unit.is_some(), &[CheckKind::Systemd]),
+        ("path", raw.path.is_some(), &[CheckKind::Disk]),
         (
             "max_used_percent",
             raw.max_used_percent.is_some(),
-            &["disk", "memory"],
+            &[CheckKind::Disk, CheckKind::Memory],
         ),
         (
             "max_load_per_cpu",
             raw.max_load_per_cpu.is_some(),
-            &["load"],
+            &[CheckKind::Load],
         ),
     ];
     for (field, set, kinds) in fields {
         if set && !kinds.contains(&kind) {
             errors.push(
                 format!("{p}.{field}"),
-                format!("not used by {kind} checks (only by {})", kinds.join(", ")),
+                format!("not used by {kind} checks (only by {})", names(kinds)),
             );
         }
     }
@@ -138,7 +163,7 @@ pub(super) fn health_check(
     };
 
     let probe = match kind {
-        "http" => {
+        CheckKind::Http => {
             let (host, port, path) = match raw.url.as_deref() {
                 None => {
                     required(errors, "url", "e.g. \"http://127.0.0.1:8080/healthz\"");
@@ -175,14 +200,14 @@ pub(super) fn health_check(
                 body_contains: raw.body_contains.clone(),
             })
         }
-        "tcp" | "grpc" => {
+        CheckKind::Tcp | CheckKind::Grpc => {
             let address = raw.address.clone().unwrap_or_default();
             if raw.address.is_none() {
                 required(errors, "address", "host:port, e.g. \"127.0.0.1:5432\"");
             } else if let Err(e) = parse_host_port(&address) {
                 errors.push(format!("{p}.address"), e);
             }
-            if kind == "tcp" {
+            if kind == CheckKind::Tcp {
                 Probe::Tcp { address }
             } else {
                 Probe::Grpc {
@@ -191,7 +216,7 @@ pub(super) fn health_check(
                 }
             }
         }
-        "exec" => {
+        CheckKind::Exec => {
             let argv = raw.command.clone().unwrap_or_default();
             if raw.command.is_none() {
                 required(
@@ -216,7 +241,7 @@ pub(super) fn health_check(
                 output_cap: output_cap as usize,
             }
         }
-        "process" => match (&raw.process_name, &raw.pidfile) {
+        CheckKind::Process => match (&raw.process_name, &raw.pidfile) {
             (Some(n), None) => {
                 if n.is_empty() {
                     errors.push(format!("{p}.process_name"), "must not be empty");
@@ -237,28 +262,27 @@ pub(super) fn health_check(
                 Probe::Process(ProcessMatch::Name(String::new()))
             }
         },
-        "systemd" => {
+        CheckKind::Systemd => {
             let unit = raw.unit.clone().unwrap_or_default();
             if unit.trim().is_empty() {
                 required(errors, "unit", "a unit name, e.g. \"nginx.service\"");
             }
             Probe::Systemd { unit }
         }
-        "disk" => Probe::Disk {
+        CheckKind::Disk => Probe::Disk {
             path: base.join(raw.path.as_deref().unwrap_or("/")),
             max_used_percent: percent(errors, p, raw.max_used_percent, 90.0),
         },
-        "memory" => Probe::Memory {
+        CheckKind::Memory => Probe::Memory {
             max_used_percent: percent(errors, p, raw.max_used_percent, 95.0),
         },
-        "load" => {
+        CheckKind::Load => {
             let max = raw.max_load_per_cpu.unwrap_or(4.0);
             if !(max > 0.0 && max.is_finite()) {
                 errors.push(format!("{p}.max_load_per_cpu"), "must be a positive number");
             }
             Probe::Load { max_per_cpu: max }
         }
-        _ => return None,
     };
     Some(CheckConfig {
         name,

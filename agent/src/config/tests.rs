@@ -354,3 +354,17 @@ fn non_utf8_input_names_the_byte_offset() {
         "{e}"
     );
 }
+
+#[test]
+fn every_check_kind_is_named_once_and_read_back() {
+    for kind in CheckKind::ALL {
+        assert_eq!(CheckKind::from_name(kind.as_str()), Some(kind));
+    }
+    let errs = errors_of(&format!("{WEB}[[services.web.checks]]\nkind = \"ping\"\n"));
+    assert_eq!(
+        errs,
+        [
+            "services.web.checks[0].kind: unknown check kind \"ping\": use one of http, tcp, grpc, exec, process, systemd, disk, memory, load"
+        ]
+    );
+}

@@ -2,7 +2,7 @@
 //! `NonZeroUsize`, resolved paths) that the rest of the agent uses; never built from TOML
 //! directly, only by validation (`check`).
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use autoheal_common::tls::TlsFiles;
 
@@ -157,18 +157,75 @@ pub struct HttpProbe {
     pub body_contains: Option<String>,
 }
 
-impl Probe {
-    pub fn kind(&self) -> &'static str {
+/// What a check probes; its name is the `kind` of a check in the config and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Tcp,
+    Grpc,
+    Exec,
+    Process,
+    Systemd,
+    Disk,
+    Memory,
+    Load,
+}
+
+impl CheckKind {
+    pub const ALL: [CheckKind; 9] = [
+        CheckKind::Http,
+        CheckKind::Tcp,
+        CheckKind::Grpc,
+        CheckKind::Exec,
+        CheckKind::Process,
+        CheckKind::Systemd,
+        CheckKind::Disk,
+        CheckKind::Memory,
+        CheckKind::Load,
+    ];
+
+    /// The kind's one name.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Probe::Http(_) => "http",
-            Probe::Tcp { .. } => "tcp",
-            Probe::Grpc { .. } => "grpc",
-            Probe::Exec { .. } => "exec",
-            Probe::Process(_) => "process",
-            Probe::Systemd { .. } => "systemd",
-            Probe::Disk { .. } => "disk",
-            Probe::Memory { .. } => "memory",
-            Probe::Load { .. } => "load",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Grpc => "grpc",
+            CheckKind::Exec => "exec",
+            CheckKind::Process => "process",
+            CheckKind::Systemd => "systemd",
+            CheckKind::Disk => "disk",
+            CheckKind::Memory => "memory",
+            CheckKind::Load => "load",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Probe {
+    pub fn check_kind(&self) -> CheckKind {
+        match self {
+            Probe::Http(_) => CheckKind::Http,
+            Probe::Tcp { .. } => CheckKind::Tcp,
+            Probe::Grpc { .. } => CheckKind::Grpc,
+            Probe::Exec { .. } => CheckKind::Exec,
+            Probe::Process(_) => CheckKind::Process,
+            Probe::Systemd { .. } => CheckKind::Systemd,
+            Probe::Disk { .. } => CheckKind::Disk,
+            Probe::Memory { .. } => CheckKind::Memory,
+            Probe::Load { .. } => CheckKind::Load,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.check_kind().as_str()
     }
 }
