@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-pub use autoheal_common::clock::{Clock, SharedClock, SystemClock, system};
+pub use autoheal_common::clock::{Clock, SharedClock, SystemClock, system, unix_ms};
 
 /// A protobuf timestamp for `t`.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {

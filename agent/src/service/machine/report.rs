@@ -1,8 +1,6 @@
 //! What the machine reports: the snapshot it publishes, and the last results it attaches to an
 //! escalation as evidence.
 
-use std::time::SystemTime;
-
 use autoheal_proto::v1;
 
 use super::Machine;
@@ -58,11 +56,7 @@ impl Machine {
                         .as_ref()
                         .map(|(o, _)| o.detail.clone())
                         .unwrap_or_default(),
-                    last_probe_unix_ms: self.last[i].as_ref().and_then(|(_, at)| {
-                        at.duration_since(SystemTime::UNIX_EPOCH)
-                            .ok()
-                            .map(|d| d.as_millis() as u64)
-                    }),
+                    last_probe_unix_ms: self.last[i].as_ref().map(|(_, at)| clock::unix_ms(*at)),
                 })
                 .collect(),
         }
