@@ -206,7 +206,7 @@ impl Controller {
             }));
         };
         let now = SystemTime::now();
-        let snapshot = self.snapshot(now);
+        let (snapshot, _) = self.snapshot(now);
         let id = policy::InstanceId::new(instance.to_owned());
         let view = snapshot
             .instance(&id)

@@ -11,15 +11,27 @@ use crate::services::fleet::InstanceRecord;
 use super::*;
 
 impl Controller {
-    pub(super) fn snapshot(&mut self, now: SystemTime) -> policy::Fleet {
+    /// The fleet as the engine will see it this pass, and the engine's one reading of each
+    /// instance (taken once: the decision uses the same reading).
+    pub(super) fn snapshot(&mut self, now: SystemTime) -> (policy::Fleet, policy::Assessments) {
         let records = self.fleet.instances(&Default::default());
         let pause = self.fleet.pause_state();
-        let mut instances: Vec<policy::InstanceView> = records
+        let instances: Vec<policy::InstanceView> = records
             .iter()
             .filter_map(|r| instance_view(r, now))
             .collect();
-        for view in &mut instances {
-            let bad = self.engine.assess(view, ts(now)).is_bad();
+        let mut fleet = policy::Fleet {
+            instances,
+            pause: pause.paused.then(|| policy::Pause {
+                by: pause.by.clone(),
+                reason: pause.reason.clone(),
+                since: ts(pause.since.unwrap_or(now)),
+            }),
+        };
+        // Readings don't depend on the health-change history written below.
+        let assessments = self.engine.assess_fleet(&fleet, ts(now));
+        for view in &mut fleet.instances {
+            let bad = assessments.get(&view.id).is_some_and(|a| a.is_bad());
             let (last, flips) = self
                 .verdicts
                 .entry(view.id.to_string())
@@ -33,14 +45,7 @@ impl Controller {
             }
             view.health_changes = flips.clone();
         }
-        policy::Fleet {
-            instances,
-            pause: pause.paused.then(|| policy::Pause {
-                by: pause.by.clone(),
-                reason: pause.reason.clone(),
-                since: ts(pause.since.unwrap_or(now)),
-            }),
-        }
+        (fleet, assessments)
     }
 }
 

@@ -199,8 +199,10 @@ impl Controller {
     pub(super) async fn pass(&mut self) {
         let now = SystemTime::now();
         self.poll_commands().await;
-        let snapshot = self.snapshot(now);
-        let plan = self.engine.decide(&snapshot, &mut self.book, ts(now));
+        let (snapshot, assessments) = self.snapshot(now);
+        let plan = self
+            .engine
+            .decide_assessed(&snapshot, &assessments, &mut self.book, ts(now));
         self.view.send_replace(Some(Arc::new(ControlView {
             engine: self.engine.clone(),
             fleet: snapshot.clone(),
