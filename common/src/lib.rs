@@ -4,6 +4,7 @@
 //!   reloader that swaps them when the files change on disk;
 //! - [`config`]: the config vocabulary (durations, the `[tls]` section, an error list that
 //!   collects every problem with its path);
+//! - [`tasks`]: the one shutdown model (named tasks, cancel, wait with a deadline);
 //! - [`clock`]: the one `Clock`; [`backoff`]: the one backoff; [`error`]: the one error-chain
 //!   display; [`exposition`]: the `/metrics` text format.
 //!
@@ -15,4 +16,5 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod exposition;
+pub mod tasks;
 pub mod tls;

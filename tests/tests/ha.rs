@@ -255,3 +255,41 @@ async fn no_destructive_action_while_the_table_cannot_be_written() {
     .await;
     assert_eq!(c.proxy.count("DeregisterTargets"), 1);
 }
+
+/// SIGTERM is a handover, not a crash: the leader stops acting, releases its lease and exits, so
+/// the other replica leads at its next claim — long before the lease (30 s here) would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let mut c = cluster().await;
+    c.config = c.config.replace(
+        &format!("lease_ttl = \"{}ms\"", LEASE_TTL.as_millis()),
+        "lease_ttl = \"30s\"",
+    );
+    let mut a = c.start("coordinator-a", &[]);
+    eventually(WAIT, "a to lead", || async {
+        leads(&a, &c.pki).then_some(())
+    })
+    .await;
+    let b = c.start("coordinator-b", &[]);
+    eventually(WAIT, "b to follow", || async {
+        (!leads(&b, &c.pki)).then_some(())
+    })
+    .await;
+
+    let stopped = Instant::now();
+    a.signal("TERM");
+    let status = a.child.wait().expect("wait for a");
+    assert!(status.success(), "a exits cleanly on SIGTERM: {status:?}");
+    eventually(WAIT, "b to take over", || async {
+        leads(&b, &c.pki).then_some(())
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "takeover after SIGTERM took {took:?}: the lease was not released"
+    );
+    let log = a.log();
+    assert!(log.contains("released the lease"), "{log}");
+    assert!(!log.contains("still running at the deadline"), "{log}");
+}

@@ -114,8 +114,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     if !running.stop(DRAIN_DEADLINE).await {
-        tracing::warn!(deadline = ?DRAIN_DEADLINE, "streams did not drain before the deadline");
+        tracing::warn!(deadline = ?DRAIN_DEADLINE, "some tasks did not stop before the deadline");
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use autoheal_common::tasks::Tasks;
 use autoheal_common::tls::{ServerReloader, TlsError};
 use autoheal_proto::{
     MAX_MESSAGE_BYTES,
@@ -13,7 +14,6 @@ use autoheal_proto::{
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc, watch},
-    task::JoinHandle,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -67,47 +67,58 @@ pub enum StartError {
 }
 
 /// A started coordinator. Dropping it does not stop it; call [`Running::stop`].
+///
+/// Its tasks stop in three steps, so nothing is lost and nobody waits out a lease:
+/// 1. `serving`: the gRPC server (streams end, in-flight calls finish), the listener, the
+///    controller (no AWS call starts after this), inventory, metrics, the TLS reloader;
+/// 2. `lease`: released — but only if step 1 ended in time, so a call still in flight can't
+///    overlap a successor's; otherwise left to expire;
+/// 3. `last`: the event recorder and the notifier, which flush what steps 1 and 2 produced.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, when `metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     pub fleet: Fleet,
-    shutdown: CancellationToken,
-    served: JoinHandle<Result<(), tonic::transport::Error>>,
+    serving: Tasks,
+    lease: Tasks,
+    last: Tasks,
 }
 
 impl Running {
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.serving.token()
     }
 
-    /// Ends every stream, waits for in-flight calls up to `deadline`. Returns whether it drained
-    /// in time.
+    /// Stops every task, each step with `deadline`. Returns whether everything ended in time;
+    /// what did not is named in a warning.
     pub async fn stop(self, deadline: Duration) -> bool {
-        self.shutdown.cancel();
-        match tokio::time::timeout(deadline, self.served).await {
-            Ok(Ok(Ok(()))) => true,
-            Ok(Ok(Err(error))) => {
-                tracing::warn!(%error, "gRPC server ended with an error");
-                true
+        let serving = self.serving.stop(deadline).await;
+        let lease = match &serving {
+            Ok(()) => self.lease.stop(deadline).await,
+            Err(late) => {
+                tracing::warn!(%late, "not releasing the lease: it expires on its own");
+                self.lease.abort();
+                Ok(())
             }
-            Ok(Err(join)) => {
-                tracing::warn!(error = %join, "gRPC server task failed");
-                true
+        };
+        let last = self.last.stop(deadline).await;
+        let mut clean = true;
+        for (step, outcome) in [("serving", serving), ("lease", lease), ("last", last)] {
+            if let Err(late) = outcome {
+                tracing::warn!(step, %late, "shutdown deadline passed");
+                clean = false;
             }
-            Err(_) => false,
         }
-    }
-
-    /// Waits until the server ends (after a shutdown from elsewhere).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.served).await;
+        clean
     }
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let shutdown = CancellationToken::new();
+    let mut serving = Tasks::new();
+    let mut lease_task = Tasks::new();
+    let mut last = Tasks::new();
+    let shutdown = serving.token();
     std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::State {
         path: config.state_dir.clone(),
         source,
@@ -177,11 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         system_clock(),
     )?;
-    tokio::spawn(
-        lease
-            .run(shutdown.clone())
-            .instrument(tracing::info_span!("lease")),
-    );
+    lease_task.spawn("lease", lease.run(lease_task.token()));
     // Followers send agents to the leader; `None` while we lead (or nobody does: agents retry).
     let (redirect_tx, redirect) = watch::channel(None);
     let agents = AgentStreams {
@@ -212,22 +219,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             store.clone(),
         );
         control = Some(handle);
-        tokio::spawn(
-            controller
-                .run(shutdown.clone())
-                .instrument(tracing::info_span!("controller")),
-        );
+        serving.spawn("controller", controller.run(shutdown.clone()));
         tracing::info!(region = %aws.settings.region, endpoint = ?aws.settings.endpoint, selector = ?aws.selector, "acting on AWS");
     } else {
         tracing::info!("no [aws] section: watching agents only, no inventory, no actions");
     }
     // Never blocks a decision: the dispatcher reads the fleet's event broadcast on its own.
-    crate::services::notify::spawn_notifications(
+    if let Some(notifier) = crate::services::notify::spawn_notifications(
         config.notify.clone(),
         &fleet,
         clients.as_deref(),
-        shutdown.clone(),
-    )?;
+        last.token(),
+    )? {
+        last.track("notify", notifier);
+    }
     let api = FleetApi {
         fleet: fleet.clone(),
         journal: journal.clone(),
@@ -245,48 +250,44 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut leader_state = leadership.watch();
     let stop = shutdown.clone();
     let advertised = advertise.clone();
-    tokio::spawn(
-        async move {
-            loop {
-                let state = leader_state.borrow_and_update().clone();
-                crate::metrics::global().leadership(state.token());
-                match &state {
-                    LeaderState::Leader { .. } => {
-                        redirect_tx.send_replace(None);
-                        health
-                            .set_serving::<AgentServiceServer<AgentStreams>>()
-                            .await;
-                    }
-                    LeaderState::Follower { leader_endpoint } => {
-                        redirect_tx
-                            .send_replace(leader_endpoint.clone().filter(|e| *e != advertised));
-                        health
-                            .set_not_serving::<AgentServiceServer<AgentStreams>>()
-                            .await;
-                    }
+    serving.spawn("leadership", async move {
+        loop {
+            let state = leader_state.borrow_and_update().clone();
+            crate::metrics::global().leadership(state.token());
+            match &state {
+                LeaderState::Leader { .. } => {
+                    redirect_tx.send_replace(None);
+                    health
+                        .set_serving::<AgentServiceServer<AgentStreams>>()
+                        .await;
                 }
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    changed = leader_state.changed() => if changed.is_err() { return },
+                LeaderState::Follower { leader_endpoint } => {
+                    redirect_tx.send_replace(leader_endpoint.clone().filter(|e| *e != advertised));
+                    health
+                        .set_not_serving::<AgentServiceServer<AgentStreams>>()
+                        .await;
                 }
             }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                changed = leader_state.changed() => if changed.is_err() { return },
+            }
         }
-        .instrument(tracing::info_span!("leadership")),
-    );
+    });
     // Fleet events are kept in the store (with a TTL), off the decision path.
-    tokio::spawn(
+    last.spawn(
+        "event_recorder",
         record_events(
             fleet.clone(),
             store.clone(),
             config.store.event_ttl,
-            shutdown.clone(),
-        )
-        .instrument(tracing::info_span!("event_recorder")),
+            last.token(),
+        ),
     );
-    tokio::spawn(
-        crate::services::fleet::count_events(fleet.clone(), shutdown.clone())
-            .instrument(tracing::info_span!("fleet_event_metrics")),
+    serving.spawn(
+        "fleet_event_metrics",
+        crate::services::fleet::count_events(fleet.clone(), shutdown.clone()),
     );
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
@@ -298,7 +299,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let bound = metrics
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
-            tokio::spawn(
+            serving.spawn(
+                "metrics",
                 metrics
                     .run(shutdown.clone())
                     .instrument(tracing::info_span!("metrics", addr = %bound)),
@@ -314,12 +316,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    tokio::spawn(
-        reloader
-            .run(shutdown.clone())
-            .instrument(tracing::info_span!("tls_reloader")),
-    );
-    tokio::spawn(
+    serving.spawn("tls_reloader", reloader.run(shutdown.clone()));
+    serving.spawn(
+        "tls_listener",
         tls_listener
             .run(shutdown.clone())
             .instrument(tracing::info_span!("tls_listener", %addr)),
@@ -342,20 +341,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .add_service(health_service)
         .add_service(reflection);
     let stop = shutdown.clone();
-    let served = tokio::spawn(
-        router
+    serving.spawn("grpc", async move {
+        let served = router
             .serve_with_incoming_shutdown(ReceiverStream::new(accepted_rx), async move {
                 stop.cancelled().await;
             })
-            .instrument(tracing::info_span!("grpc")),
-    );
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(error = %crate::error_chain(&error), "gRPC server ended with an error");
+        }
+    });
     tracing::info!(%addr, %advertise, coordinator = %config.coordinator_id, dry_run = config.dry_run, "coordinator serving");
     Ok(Running {
         addr,
         metrics_addr,
         fleet,
-        shutdown,
-        served,
+        serving,
+        lease: lease_task,
+        last,
     })
 }
 
