@@ -21,6 +21,10 @@ if cargo tree --workspace -e normal -i ring 2>/dev/null | grep -q '^ring v'; the
   echo "ring is in the tree: exactly one crypto provider (aws-lc-rs) is allowed"; exit 1
 fi
 
+step "layers: no import cycle between the top-level modules of any crate"
+python3 scripts/check-layers.py
+python3 -m unittest discover -s scripts/tests -q
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
