@@ -13,7 +13,11 @@ fn generated_code_is_up_to_date() {
     let generated = root.join("src/generated");
     let scratch = tempfile::tempdir().expect("tempdir");
 
-    let protos = ["autoheal/v1/agent.proto", "autoheal/v1/fleet.proto"];
+    let protos = [
+        "autoheal/v1/agent.proto",
+        "autoheal/v1/fleet.proto",
+        "autoheal/v1/enroll.proto",
+    ];
     let fds = protox::compile(protos, [&proto_dir]).expect("protos compile");
     let descriptor = fds.encode_to_vec();
     std::fs::write(
