@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use autoheal_proto::v1;
@@ -17,7 +17,7 @@ use crate::{
     action::{Liveness, RestartReply},
     check::{Control, ProbeResult},
     clock,
-    config::{Action, ServiceConfig},
+    config::{Action, CheckConfig, ServiceConfig},
     policy::{FlapDetector, RestartBudget, Threshold},
     probe::Outcome,
     state::{ServiceSnapshot, ServiceState, Verdict},
@@ -111,12 +111,10 @@ impl Machine {
             .checks
             .iter()
             .map(|c| {
-                // A process the agent starts itself gets the verify timeout to come up, like
-                // after a restart; otherwise the check's own startup grace.
+                // A process the agent starts itself gets the same grace as after any restart;
+                // a service already running when the agent starts, its check's own grace.
                 let grace = match config.action {
-                    Action::Run { .. } if c.dependency.is_none() => {
-                        c.startup_grace.max(config.policy.verify_timeout)
-                    }
+                    Action::Run { .. } if c.dependency.is_none() => start_grace(&config, c),
                     _ => c.startup_grace,
                 };
                 Threshold::new(c.success_threshold, c.failure_threshold, at.now, grace)
@@ -295,14 +293,15 @@ impl Machine {
                 }
                 self.process_down = None;
                 // Start the checks over: a new generation (initial delays again), failures
-                // before the first success forgiven until the verify deadline, fast probing.
-                let verify = self.config.policy.verify_timeout;
-                a.verify_until = Some(now + verify);
+                // before the first success forgiven for each check's start grace (every start,
+                // not only the first), and the attempt judged when the longest grace is over:
+                // a slow starter is not restarted before it could have come up.
+                a.verify_until = Some(now + verify_deadline(&self.config));
                 self.generation += 1;
                 // A shared dependency's checks keep their state: restarting us doesn't change it.
                 for (t, c) in self.thresholds.iter_mut().zip(&self.config.checks) {
                     if c.dependency.is_none() {
-                        t.reset(now, verify);
+                        t.reset(now, start_grace(&self.config, c));
                     }
                 }
                 self.control(true);
@@ -440,10 +439,14 @@ impl Machine {
                     failing_checks.join("; ")
                 };
                 self.attempt = Some(a);
-                self.attempt_failed(format!(
-                    "not healthy within verify_timeout {:?}: {detail}",
-                    self.config.policy.verify_timeout
-                ));
+                let verify = self.config.policy.verify_timeout;
+                let deadline = verify_deadline(&self.config);
+                let within = if deadline > verify {
+                    format!("startup_grace {deadline:?}")
+                } else {
+                    format!("verify_timeout {verify:?}")
+                };
+                self.attempt_failed(format!("not healthy within {within}: {detail}"));
             } else {
                 let reason = format!("verifying restart attempt {}", a.number);
                 self.attempt = Some(a);
@@ -598,6 +601,23 @@ impl Machine {
         let snapshot = self.snapshot();
         self.effects.push(Effect::Publish(Box::new(snapshot)));
     }
+}
+
+/// How long after a start (the first or any restart) failures of `check` before its first
+/// success are forgiven: its startup grace, and never less than the restart's verify timeout.
+fn start_grace(config: &ServiceConfig, check: &CheckConfig) -> Duration {
+    check.startup_grace.max(config.policy.verify_timeout)
+}
+
+/// How long after a restart the attempt may take to be healthy: the longest start grace of the
+/// service's own checks (a shared dependency's checks don't judge a restart of ours).
+fn verify_deadline(config: &ServiceConfig) -> Duration {
+    config
+        .checks
+        .iter()
+        .filter(|c| c.dependency.is_none())
+        .map(|c| start_grace(config, c))
+        .fold(config.policy.verify_timeout, Duration::max)
 }
 
 #[cfg(test)]

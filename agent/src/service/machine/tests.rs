@@ -383,3 +383,48 @@ fn a_run_service_is_down_when_its_process_exits() {
         d.m.reason()
     );
 }
+
+#[test]
+fn a_slow_starter_gets_its_startup_grace_after_every_restart_not_only_the_first() {
+    // Needs 8 s to listen; startup_grace 12 s, verify_timeout 4 s (#19).
+    let mut config = service(command());
+    config.policy.verify_timeout = s(4);
+    config.policy.max_attempts = 5;
+    config.checks[0].startup_grace = s(12);
+    let mut d = Drive::new(config);
+    d.at(1).probe(true);
+    d.at(2).probe(false);
+    assert_eq!(restarts(&d.m.step(Input::Tick, at(d.t0 + s(2)))), 0);
+    d.at(3).step(Input::Restarted(Ok(None)));
+    // Refused for 8 s: forgiven, and the attempt is not judged at verify_timeout.
+    for t in 4..11 {
+        let effects = d.at(t).probe(false);
+        assert!(attempts(&effects).is_empty(), "at {t}: {effects:?}");
+        assert_eq!(restarts(&effects), 0, "at {t}");
+        assert_eq!(d.m.state(), ServiceState::Restarting);
+    }
+    let effects = d.at(11).probe(true);
+    assert_eq!(attempts(&effects), [(1, true, "healthy again".into())]);
+    assert_eq!(d.m.state(), ServiceState::Healthy);
+}
+
+#[test]
+fn a_start_that_never_comes_up_fails_when_the_startup_grace_is_over() {
+    let mut config = service(command());
+    config.policy.verify_timeout = s(4);
+    config.checks[0].startup_grace = s(12);
+    let mut d = Drive::new(config);
+    d.at(1).probe(true);
+    d.at(2).probe(false);
+    d.at(2).step(Input::Restarted(Ok(None)));
+    assert_eq!(d.m.next_wake(), Some(d.t0 + s(14)));
+    assert!(attempts(&d.at(13).step(Input::Tick)).is_empty());
+    assert_eq!(
+        attempts(&d.at(14).step(Input::Tick)),
+        [(
+            1,
+            false,
+            "not healthy within startup_grace 12s: checks not passing".into()
+        )]
+    );
+}
