@@ -70,6 +70,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub fencing_token: Gauge,
     pub tls_refused: Family<ReasonLabel, Counter>,
+    pub enrollments_denied: Family<ReasonLabel, Counter>,
+    pub certificates_issued: Family<KindLabel, Counter>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -102,6 +104,8 @@ impl Metrics {
             leader: Gauge::default(),
             fencing_token: Gauge::default(),
             tls_refused: Family::default(),
+            enrollments_denied: Family::default(),
+            certificates_issued: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -169,6 +173,16 @@ impl Metrics {
             "tls_handshakes_refused",
             "Incoming TLS handshakes refused (bad or missing client certificate) or timed out, by reason",
             m.tls_refused.clone(),
+        );
+        r.register(
+            "enrollments_denied",
+            "Enrollments and renewals refused, by the check that refused them",
+            m.enrollments_denied.clone(),
+        );
+        r.register(
+            "certificates_issued",
+            "Instance certificates issued, by kind (enroll, renew)",
+            m.certificates_issued.clone(),
         );
         // Series known up front start at zero, so a rate() has a baseline before the first one.
         for kind in ["act", "would-act", "hold", "alert", "wait", "finished"] {
@@ -249,6 +263,22 @@ impl Metrics {
         self.leader.set(i64::from(token.is_some()));
         self.fencing_token
             .set(i64::try_from(token.unwrap_or(0)).unwrap_or(i64::MAX));
+    }
+
+    pub fn enrollment_denied(&self, reason: &'static str) {
+        self.enrollments_denied
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn certificate_issued(&self, kind: &'static str) {
+        self.certificates_issued
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn tls_refused(&self, reason: &'static str) {

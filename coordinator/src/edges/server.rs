@@ -62,6 +62,8 @@ pub enum StartError {
     Lease(#[from] crate::services::lease::LeaseSettingsError),
     #[error("cannot start notifications")]
     Notify(#[from] crate::services::notify::NotifyError),
+    #[error("cannot start enrollment")]
+    Enroll(#[from] crate::edges::grpc::enroll::EnrollStartError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -241,6 +243,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
     };
 
+    let enrollment = crate::edges::grpc::enroll::start(
+        &config,
+        store.clone(),
+        fleet.clone(),
+        clients.clone(),
+        &mut serving,
+    )
+    .await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServiceServer<FleetApi>>().await;
     health
@@ -338,6 +348,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        // Renew (instances) and the operators' enrollment calls; Challenge and Enroll are
+        // refused here by the role check: they have their own listener.
+        .add_optional_service(enrollment.as_ref().map(|e| {
+            v1::enroll_service_server::EnrollServiceServer::new(e.api.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        }))
+        .add_optional_service(enrollment.as_ref().map(|e| {
+            v1::enrollment_admin_server::EnrollmentAdminServer::new(e.admin.clone())
+        }))
         .add_service(health_service)
         .add_service(reflection);
     let stop = shutdown.clone();

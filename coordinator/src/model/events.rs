@@ -69,6 +69,8 @@ event_kinds! {
     Decision = "decision", notified: true;
     DependencyChanged = "dependency-changed", notified: true;
     DryRun = "dry-run", notified: true;
+    Enrolled = "enrolled", notified: false;
+    EnrollmentDenied = "enrollment-denied", notified: true;
     Escalated = "escalated", notified: true;
     EventsDropped = "events-dropped", notified: false;
     EventsMissing = "events-missing", notified: false;

@@ -2,5 +2,6 @@
 //! them; services use only these.
 
 pub mod aws;
+pub mod instances;
 pub mod notify;
 pub mod store;

@@ -62,6 +62,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
@@ -221,6 +222,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Expires `held` now, so another coordinator takes over without waiting for the TTL. Does
     /// nothing if `held` no longer holds the lease.
     async fn release_lease(&self, held: &LeaseRecord) -> Result<(), StoreError>;
+
+    /// One instance's enrollment record (trust on first use), if any.
+    async fn enrollment(&self, instance_id: &str) -> Result<Option<Enrollment>, StoreError>;
+    /// Writes `record` only if the stored record's version is `expected` (`None`: there is no
+    /// record yet); otherwise writes nothing and returns `Ok(false)`. A conditional write, so two
+    /// coordinators (or two requests) can't both enroll one instance.
+    async fn put_enrollment(
+        &self,
+        record: &Enrollment,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError>;
+    /// Every enrollment record, by instance id.
+    async fn enrollments(&self) -> Result<Vec<Enrollment>, StoreError>;
 }
 
 pub use autoheal_common::clock::{Clock, SharedClock, SystemClock, system as system_clock};

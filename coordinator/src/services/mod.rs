@@ -2,6 +2,7 @@
 //! and notifications. Built on the ports; knows nothing of gRPC.
 
 pub mod control;
+pub mod enroll;
 pub mod fleet;
 pub mod journal;
 pub mod lease;

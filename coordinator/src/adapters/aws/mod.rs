@@ -3,6 +3,7 @@
 //! implementations of the ports in `ports::aws`.
 
 pub mod actions;
+pub mod instances;
 pub mod sdk;
 
 use std::{fmt, future::Future, time::Duration};

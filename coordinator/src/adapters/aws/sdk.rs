@@ -29,6 +29,7 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sns: aws_sdk_sns::Client,
     pub eventbridge: aws_sdk_eventbridge::Client,
+    pub ec2: aws_sdk_ec2::Client,
 }
 
 impl Clients {
@@ -55,6 +56,7 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
             sns: aws_sdk_sns::Client::new(&config),
             eventbridge: aws_sdk_eventbridge::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::new(&config),
             settings,
         }
     }

@@ -11,6 +11,7 @@
 //! | skip | `SKIP` | `<instance>` | `data` (JSON) |
 //! | remediation state | `REMEDIATION` | `<instance>` | `data` (JSON), `fencing_token` (N) |
 //! | fleet event | `EVENT#<yyyy-mm-dd>` | `<at_ms, 13 digits>#<cursor, 20 digits>` | `data` (JSON), `expires_at` (N, TTL) |
+//! | enrollment | `ENROLLMENT` | `<instance>` | `data` (JSON), `version` (N; writes conditional on it) |
 //!
 //! One partition per kind (and per day for events) so every listing is a `Query`; there is no
 //! `Scan` grant. The journal is small (two entries per AWS action) and read mostly whole by a new
@@ -46,6 +47,7 @@ use aws_sdk_dynamodb::{
 
 use crate::adapters::aws::AwsSettings;
 use crate::adapters::aws::retry;
+use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
@@ -68,6 +70,7 @@ const JOURNAL_PK: &str = "JOURNAL";
 const PAUSE_KEY: &str = "PAUSE";
 const SKIP_PK: &str = "SKIP";
 const REMEDIATION_PK: &str = "REMEDIATION";
+const ENROLLMENT_PK: &str = "ENROLLMENT";
 /// The TTL attribute the table is created with (CloudFormation `TimeToLiveSpecification`).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// How many days of event partitions `recent_events` walks back through.
@@ -544,6 +547,51 @@ impl Store for DynamoStore {
             Err(e) if e.code.as_deref() == Some(CONDITION_FAILED) => Ok(()),
             Err(e) => Err(self.error(e)),
         }
+    }
+
+    async fn enrollment(&self, instance_id: &str) -> Result<Option<Enrollment>, StoreError> {
+        match self.get(ENROLLMENT_PK, instance_id, &self.settings).await? {
+            Some(item) => self.data(&item).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_enrollment(
+        &self,
+        record: &Enrollment,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let mut item = key(ENROLLMENT_PK, &record.instance_id);
+        item.insert("data".into(), s(json(record)));
+        item.insert("version".into(), n(record.version));
+        let outcome = retry(&self.settings, "dynamodb:PutItem", || {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()));
+            match expected {
+                None => put.condition_expression("attribute_not_exists(pk)"),
+                Some(v) => put
+                    .condition_expression("version = :expected")
+                    .expression_attribute_values(":expected", n(v)),
+            }
+            .send()
+        })
+        .await;
+        match outcome {
+            Ok(_) => Ok(true),
+            // A retry of a write that landed also fails the condition: read back to tell.
+            Err(e) if e.code.as_deref() == Some(CONDITION_FAILED) => {
+                Ok(self.enrollment(&record.instance_id).await?.as_ref() == Some(record))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn enrollments(&self) -> Result<Vec<Enrollment>, StoreError> {
+        let items = self.query(ENROLLMENT_PK, true, None, None).await?;
+        items.iter().map(|item| self.data(item)).collect()
     }
 }
 

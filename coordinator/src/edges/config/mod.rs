@@ -16,6 +16,7 @@ use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 mod aws;
+pub mod enroll;
 mod policy;
 mod store;
 
@@ -42,6 +43,7 @@ struct RawConfig {
     guardrails: Option<RawGuardrails>,
     notify: Option<crate::services::notify::RawNotify>,
     store: Option<RawStore>,
+    enroll: Option<enroll::RawEnroll>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -74,6 +76,8 @@ pub struct Config {
     pub policy: autoheal_policy::Config,
     pub notify: crate::services::notify::NotifyConfig,
     pub store: StoreConfig,
+    /// `None`: no `[enroll]` section, instances need certificates made out of band.
+    pub enroll: Option<enroll::EnrollConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -193,6 +197,9 @@ impl Config {
         let has_aws = raw.aws.is_some();
         let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
+        let enroll = raw.enroll.map(|e| {
+            enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors)
+        });
         // Always built: the webhook environment variable alone can turn Slack on.
         let notify = crate::services::notify::NotifyConfig::from_raw(
             raw.notify.unwrap_or_default(),
@@ -225,6 +232,7 @@ impl Config {
             policy,
             notify,
             store,
+            enroll,
         })
     }
 

@@ -1,8 +1,9 @@
 //! Binds roles to methods, in one place, before any handler runs. Deny by default.
 //!
-//! - `/instance/<id>`: `AgentService` only (the handler then checks the Hello speaks for `<id>`).
-//! - `/operator/<name>`: all of `FleetService`.
-//! - `/viewer/<name>`: the read calls of `FleetService`.
+//! - `/instance/<id>`: `AgentService` (the handler then checks the Hello speaks for `<id>`) and
+//!   `EnrollService.Renew` (for the instance its certificate names).
+//! - `/operator/<name>`: all of `FleetService` and `EnrollmentAdmin`.
+//! - `/viewer/<name>`: the read calls of `FleetService`, and `EnrollmentAdmin.ListEnrollments`.
 //! - anyone with a fleet certificate: `grpc.health.v1.Health` and server reflection.
 
 use std::{
@@ -25,6 +26,7 @@ const FLEET_READS: &[&str] = &[
     "WhatIf",
 ];
 const FLEET_WRITES: &[&str] = &["Pause", "Resume", "Drain", "SetSkip"];
+const ENROLLMENT_ADMIN: &[&str] = &["ListEnrollments", "ResetEnrollment", "DenyEnrollment"];
 
 /// May `role` call the gRPC method at `path` (`/package.Service/Method`)?
 pub fn authorize(role: &Role, path: &str) -> Result<(), String> {
@@ -37,6 +39,13 @@ pub fn authorize(role: &Role, path: &str) -> Result<(), String> {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => true,
         "autoheal.v1.AgentService" => matches!(role, Role::Instance(_)),
+        // Challenge and Enroll are for callers without a certificate: the enrollment listener.
+        "autoheal.v1.EnrollService" => matches!(role, Role::Instance(_)) && method == "Renew",
+        "autoheal.v1.EnrollmentAdmin" => match role {
+            Role::Operator(_) => ENROLLMENT_ADMIN.contains(&method),
+            Role::Viewer(_) => method == "ListEnrollments",
+            Role::Instance(_) => false,
+        },
         "autoheal.v1.FleetService" => match role {
             Role::Operator(_) => FLEET_READS.contains(&method) || FLEET_WRITES.contains(&method),
             Role::Viewer(_) => FLEET_READS.contains(&method),
@@ -152,6 +161,21 @@ mod tests {
         assert!(authorize(&viewer, "/autoheal.v1.FleetService/Resume").is_err());
         assert!(authorize(&viewer, "/autoheal.v1.FleetService/SetSkip").is_err());
         assert!(authorize(&operator, "/autoheal.v1.FleetService/SetSkip").is_ok());
+        let renew = "/autoheal.v1.EnrollService/Renew";
+        let enroll = "/autoheal.v1.EnrollService/Enroll";
+        let list = "/autoheal.v1.EnrollmentAdmin/ListEnrollments";
+        let reset = "/autoheal.v1.EnrollmentAdmin/ResetEnrollment";
+        let deny = "/autoheal.v1.EnrollmentAdmin/DenyEnrollment";
+        assert!(authorize(&instance, renew).is_ok());
+        assert!(authorize(&instance, enroll).is_err(), "enrollment has its own listener");
+        assert!(authorize(&operator, renew).is_err());
+        assert!(authorize(&instance, list).is_err());
+        assert!(authorize(&viewer, list).is_ok());
+        assert!(authorize(&viewer, reset).is_err());
+        assert!(authorize(&viewer, deny).is_err());
+        assert!(authorize(&operator, reset).is_ok());
+        assert!(authorize(&operator, deny).is_ok());
+        assert!(authorize(&operator, "/autoheal.v1.EnrollmentAdmin/Other").is_err());
         for role in [&instance, &operator, &viewer] {
             assert!(authorize(role, health).is_ok());
             assert!(

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod authz;
 pub mod convert;
+pub mod enroll;
 pub mod fleet;
 pub mod listener;
 

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
@@ -349,6 +350,33 @@ impl Store for EmbeddedStore {
             Ok((record, ()))
         })
         .await
+    }
+
+    async fn enrollment(&self, instance_id: &str) -> Result<Option<Enrollment>, StoreError> {
+        Ok(self.read(|state| state.enrollments.get(instance_id).cloned()))
+    }
+
+    async fn put_enrollment(
+        &self,
+        record: &Enrollment,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let enrollment = record.clone();
+        self.write(move |state| {
+            let current = state
+                .enrollments
+                .get(&enrollment.instance_id)
+                .map(|e| e.version);
+            if current != expected {
+                return Ok((None, false));
+            }
+            Ok((Some(Record::Enrollment { enrollment }), true))
+        })
+        .await
+    }
+
+    async fn enrollments(&self) -> Result<Vec<Enrollment>, StoreError> {
+        Ok(self.read(|state| state.enrollments.values().cloned().collect()))
     }
 }
 

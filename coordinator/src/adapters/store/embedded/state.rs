@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::enrollment::Enrollment;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
 use crate::ports::store::LeaseRecord;
@@ -45,6 +46,9 @@ pub(super) enum Record {
         fencing_token: u64,
         expires_at_ms: u64,
     },
+    Enrollment {
+        enrollment: Enrollment,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +59,7 @@ pub(super) struct State {
     pub(super) events: VecDeque<(StoredEvent, u64)>,
     pub(super) remediation: BTreeMap<String, serde_json::Value>,
     pub(super) lease: Option<LeaseRecord>,
+    pub(super) enrollments: BTreeMap<String, Enrollment>,
 }
 
 impl State {
@@ -97,6 +102,10 @@ impl State {
                     fencing_token,
                     expires_at: from_unix_ms(expires_at_ms),
                 });
+            }
+            Record::Enrollment { enrollment } => {
+                self.enrollments
+                    .insert(enrollment.instance_id.clone(), enrollment);
             }
         }
     }
@@ -153,6 +162,13 @@ impl State {
                 }),
         );
         records.extend(self.lease.as_ref().map(lease_record));
+        records.extend(
+            self.enrollments
+                .values()
+                .map(|enrollment| Record::Enrollment {
+                    enrollment: enrollment.clone(),
+                }),
+        );
         records
     }
 }
