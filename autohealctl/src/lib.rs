@@ -1,5 +1,6 @@
 //! `autohealctl`, the operator's tool: the fleet API client ([`client`]), what it prints
-//! ([`tables`]), and the development PKI behind `autohealctl certs` ([`pki`]).
+//! ([`tables`]), the development PKI behind `autohealctl certs` ([`pki`]) and the local fleet web
+//! view behind `autohealctl ui` ([`ui`]).
 //!
 //! It speaks to the coordinator only over the wire (`autoheal-proto`) and must not depend on the
 //! coordinator or agent crates, nor on the AWS SDK: an operator's laptop needs none of them.
@@ -7,3 +8,4 @@
 pub mod client;
 pub mod pki;
 pub mod tables;
+pub mod ui;

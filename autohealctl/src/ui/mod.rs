@@ -1,0 +1,380 @@
+//! `autohealctl ui`: the live fleet web view, served on loopback the way `kubectl proxy` serves
+//! the Kubernetes API. The browser speaks plain HTTP to this process; this process speaks mTLS to
+//! the coordinator's `FleetService` with the caller's operator or viewer certificate, so the
+//! coordinator's port stays mTLS-only.
+//!
+//! Read-only by construction: the route table ([`route`]) maps GETs to the read RPCs
+//! (`GetFleetStatus`, `ListInstances`, `GetInstance`, `ListActions`, `WatchEvents`) and nothing
+//! else. The page is one HTML file, one script and one stylesheet embedded in the binary; it is
+//! live through server-sent events fed by one `WatchEvents` stream ([`feed`]).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use autoheal_common::tls::TlsFiles;
+use autoheal_proto::v1;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Frame as BodyFrame, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{client, tables};
+
+pub mod feed;
+pub mod route;
+
+use feed::{Feed, Frame, Watcher};
+use route::{Refused, Route};
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// How often an idle event stream says it is alive (so proxies and the browser keep it).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Where to listen and whether a non-loopback address is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub allow_remote: bool,
+}
+
+#[derive(Debug)]
+struct Ctx {
+    api: client::Client,
+    feed: Feed,
+    local: SocketAddr,
+    allow_remote: bool,
+    shutdown: CancellationToken,
+}
+
+/// Serves the view until `shutdown`. Prints `autohealctl ui listening on http://ADDR/` on
+/// stdout once it accepts connections.
+pub async fn serve(
+    options: Options,
+    endpoint: String,
+    files: TlsFiles,
+    api: client::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    route::check_listen(options.listen, options.allow_remote)?;
+    if !options.listen.ip().is_loopback() {
+        eprintln!(
+            "autohealctl: warning: serving the fleet view on {} (not loopback): anyone who reaches \
+             it sees the fleet with your certificate's rights",
+            options.listen
+        );
+    }
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let local = listener.local_addr().context("listen address")?;
+    let feed = Feed::new(&endpoint);
+    let watcher = Watcher {
+        api: api.clone(),
+        endpoint: endpoint.clone(),
+        files,
+        feed: feed.clone(),
+    };
+    tokio::spawn(watcher.run(shutdown.clone()));
+    let ctx = Arc::new(Ctx {
+        api,
+        feed,
+        local,
+        allow_remote: options.allow_remote,
+        shutdown: shutdown.clone(),
+    });
+    println!("autohealctl ui listening on http://{local}/ (coordinator {endpoint})");
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(error) => {
+                eprintln!("autohealctl: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let stop = ctx.shutdown.clone();
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(
+                    TokioIo::new(tcp),
+                    hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                    }),
+                );
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // Everything the page uses comes from here; nothing else loads, nothing frames it.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    response
+}
+
+const JSON: &str = "application/json";
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    respond(status, JSON, full(value.to_string()))
+}
+
+fn refused(why: Refused) -> Response<Body> {
+    let (status, text) = match why {
+        Refused::NotFound => (StatusCode::NOT_FOUND, "not found"),
+        Refused::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: this view is read-only (GET only)",
+        ),
+        Refused::BadRequest => (StatusCode::BAD_REQUEST, "malformed instance id or cursor"),
+    };
+    let mut r = json(status, &serde_json::json!({ "error": text }));
+    if why == Refused::MethodNotAllowed {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    r
+}
+
+fn rpc_failed(status: &tonic::Status, feed: &Feed) -> Response<Body> {
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let message = client::explain(status, &feed.link().endpoint, None);
+    json(code, &serde_json::json!({ "error": message }))
+}
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !route::host_allowed(host, ctx.local, ctx.allow_remote) {
+        return json(
+            StatusCode::MISDIRECTED_REQUEST,
+            &serde_json::json!({"error": "this view answers only to a loopback Host (see --allow-remote)"}),
+        );
+    }
+    let route = match route::route(req.method().as_str(), req.uri().path(), req.uri().query()) {
+        Ok(r) => r,
+        Err(why) => return refused(why),
+    };
+    let mut api = ctx.api.clone();
+    match route {
+        Route::Page => respond(StatusCode::OK, "text/html; charset=utf-8", full(INDEX)),
+        Route::Script => respond(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            full(SCRIPT),
+        ),
+        Route::Style => respond(StatusCode::OK, "text/css; charset=utf-8", full(STYLE)),
+        Route::Status => match api.get_fleet_status(v1::GetFleetStatusRequest {}).await {
+            Ok(s) => {
+                let mut value = tables::status_json(s.get_ref());
+                value["endpoint"] = ctx.feed.link().endpoint.into();
+                json(StatusCode::OK, &value)
+            }
+            Err(status) => rpc_failed(&status, &ctx.feed),
+        },
+        Route::Instances => match api
+            .list_instances(v1::ListInstancesRequest::default())
+            .await
+        {
+            Ok(r) => json(
+                StatusCode::OK,
+                &tables::instances_json(&r.get_ref().instances),
+            ),
+            Err(status) => rpc_failed(&status, &ctx.feed),
+        },
+        Route::Instance(instance_id) => match api
+            .get_instance(v1::GetInstanceRequest { instance_id })
+            .await
+        {
+            Ok(r) => json(StatusCode::OK, &tables::instance_json(r.get_ref())),
+            Err(status) => rpc_failed(&status, &ctx.feed),
+        },
+        Route::Actions { instance } => match api
+            .list_actions(v1::ListActionsRequest {
+                instance_id: instance.unwrap_or_default(),
+                limit: 200,
+            })
+            .await
+        {
+            Ok(r) => json(
+                StatusCode::OK,
+                &serde_json::Value::Array(
+                    r.get_ref()
+                        .actions
+                        .iter()
+                        .map(tables::action_json)
+                        .collect(),
+                ),
+            ),
+            Err(status) => rpc_failed(&status, &ctx.feed),
+        },
+        Route::Events { after } => {
+            // The browser's EventSource resumes with the id of the last event it got.
+            let resume = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|h| h.to_str().ok())
+                .and_then(|s| s.parse().ok());
+            events(ctx, after.or(resume))
+        }
+    }
+}
+
+fn sse_event(name: &str, id: Option<u64>, data: &str) -> Bytes {
+    let mut s = String::with_capacity(data.len() + 32);
+    if let Some(id) = id {
+        s.push_str(&format!("id: {id}\n"));
+    }
+    s.push_str(&format!("event: {name}\n"));
+    for line in data.lines() {
+        s.push_str("data: ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn link_frame(link: &feed::Link) -> Bytes {
+    sse_event(
+        "link",
+        None,
+        &serde_json::to_string(link).unwrap_or_default(),
+    )
+}
+
+/// A page's event stream: the link state, the kept events after its cursor, then live frames.
+/// One small task per page writes into the response body and ends when the page goes away.
+fn events(ctx: &Ctx, after: Option<u64>) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<BodyFrame<Bytes>, Infallible>>(64);
+    let feed::Subscription {
+        link,
+        backlog,
+        mut live,
+    } = ctx.feed.subscribe(after);
+    let shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        let send = |bytes: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(BodyFrame::data(bytes))).await.is_ok() }
+        };
+        let mut ok =
+            send(Bytes::from_static(b"retry: 1000\n\n")).await && send(link_frame(&link)).await;
+        for (cursor, json) in backlog {
+            ok = ok && send(sse_event("fleet", Some(cursor), &json)).await;
+        }
+        let mut tick = tokio::time::interval(KEEP_ALIVE);
+        tick.tick().await;
+        while ok {
+            let frame = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                frame = live.recv() => match frame {
+                    Ok(Frame::Link(link)) => link_frame(&link),
+                    Ok(Frame::Event(cursor, json)) => sse_event("fleet", Some(cursor), &json),
+                    // This page fell behind: it re-reads the fleet instead of missing events.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        sse_event("resync", None, "{}")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            ok = send(frame).await;
+        }
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    respond(StatusCode::OK, "text/event-stream", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sent_events_put_each_line_of_data_on_its_own_data_field() {
+        assert_eq!(
+            sse_event("fleet", Some(7), "{\"a\":1}"),
+            Bytes::from_static(b"id: 7\nevent: fleet\ndata: {\"a\":1}\n\n")
+        );
+        assert_eq!(
+            sse_event("link", None, "x\ny"),
+            Bytes::from_static(b"event: link\ndata: x\ndata: y\n\n")
+        );
+    }
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for asset in [INDEX, SCRIPT, STYLE] {
+            assert!(!asset.contains("http://"), "an asset names an http:// URL");
+            assert!(
+                !asset.contains("https://"),
+                "an asset names an https:// URL"
+            );
+        }
+        assert!(INDEX.contains("/app.js") && INDEX.contains("/style.css"));
+        // Nothing on the page steers the fleet.
+        for verb in [
+            "method: 'POST'",
+            "method:\"POST\"",
+            "/api/pause",
+            "/api/drain",
+        ] {
+            assert!(!SCRIPT.contains(verb), "app.js mentions {verb}");
+        }
+    }
+}
