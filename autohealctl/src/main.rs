@@ -115,6 +115,16 @@ enum Command {
     },
     /// Would ACTION on instance ID be allowed now, and if not, which guardrail holds it?
     Whatif { id: String, action: WhatIfAction },
+    /// A live, read-only fleet web page on this machine (like `kubectl proxy`): this process
+    /// calls the fleet API with your certificate; the browser needs none.
+    Ui {
+        /// Where the page is served. Loopback only, unless --allow-remote.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen: anyone who reaches it sees the fleet with your rights.
+        #[arg(long)]
+        allow_remote: bool,
+    },
     /// Development PKI.
     #[command(subcommand)]
     Certs(Certs),
@@ -249,6 +259,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     runtime.block_on(async move {
         let mut api = client::connect(&endpoint, &files)?;
+        if let Command::Ui {
+            listen,
+            allow_remote,
+        } = cli.command
+        {
+            let options = autohealctl::ui::Options {
+                listen,
+                allow_remote,
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            autohealctl::ui::serve(options, endpoint, files, api, shutdown).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         match call(&mut api, cli.command, cli.output).await {
             Ok(code) => Ok(code),
             Err(status) => {
@@ -468,7 +496,7 @@ async fn call(
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Certs(_) | Command::Completions { .. } => {
+        Command::Certs(_) | Command::Completions { .. } | Command::Ui { .. } => {
             unreachable!("handled before connecting")
         }
     }
