@@ -1,15 +1,19 @@
-"""The IAM policies and the ECS task definition of packaging/cloudformation/autoheal.yaml, as
-plain JSON.
+"""The IAM policies, the ECS task definition and the coordinator's config of
+packaging/cloudformation/autoheal.yaml, as plain files.
 
 The template is the one source of both. This renders them with example values (account
 111122223333, us-east-1, stack `autoheal`): each role's permission policy into packaging/iam/
 (for parliament, and for people who don't deploy with CloudFormation) and the task definition
 into packaging/coordinator/ecs-task-definition.json (the input of `aws ecs
-register-task-definition --cli-input-json`), and checks:
+register-task-definition --cli-input-json`), and the coordinator's config (what the README puts
+in Parameter Store) into packaging/coordinator/coordinator.toml: `[aws]` selecting exactly the
+groups the task role may act on (the tag in its condition) and `[store]` on the stack's table.
 
   render            rewrite those files from the template
+  config [--stack NAME]
+                    print the coordinator config for a stack named NAME (default autoheal)
   check             the files match the template (no drift), and the coordinator task role
-                    grants exactly COORDINATOR_ACTIONS from coordinator/src/aws_actions.rs
+                    grants exactly COORDINATOR_ACTIONS from coordinator/src/adapters/aws/actions.rs
   actions FILE...   print the actions granted by policy files (one per line, sorted)
 
 Run it with the packaging venv's python (it reads the template with cfn-lint's YAML loader).
@@ -27,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "packaging/cloudformation/autoheal.yaml"
 OUT = REPO / "packaging"
 # Overridable so the tests can show that a difference is caught.
-RUST_ACTIONS = Path(os.environ.get("AUTOHEAL_ACTIONS_FILE", REPO / "coordinator/src/aws_actions.rs"))
+RUST_ACTIONS = Path(os.environ.get("AUTOHEAL_ACTIONS_FILE", REPO / "coordinator/src/adapters/aws/actions.rs"))
 
 # Role resource -> file name.
 ROLES = {
@@ -36,6 +40,40 @@ ROLES = {
     "AgentInstanceRole": "iam/agent-instance-role.json",
 }
 TASK_DEFINITION = "coordinator/ecs-task-definition.json"
+COORDINATOR_CONFIG = "coordinator/coordinator.toml"
+# The parts of the config the template has no say in. {table} and {tag} come from the template.
+CONFIG_TEXT = """\
+# The coordinator's config on ECS: store it in Parameter Store as /autoheal/coordinator/config.toml
+# (String). tls-init writes it to /run/autoheal/coordinator.toml next to the certificate files,
+# which is what the relative paths below resolve against.
+#
+# Rendered from packaging/cloudformation/autoheal.yaml by packaging/render.py (stack {stack}):
+# edit the template or render.py, then `packaging/check.sh --render`. Another stack name:
+#   python3 packaging/render.py config --stack NAME
+listen = "0.0.0.0:7443"
+# Unset: taken from the ECS task metadata (the task's IP, port of listen), so followers
+# redirect agents to this task.
+# advertise = "10.0.1.23:7443"
+trust_domain = "autoheal.example.com"
+# Stays true until you have watched what it would do (autohealctl actions) and trust it.
+dry_run = true
+state_dir = "/var/lib/autoheal"
+
+[tls]
+ca = "ca.pem"
+cert = "coordinator.pem"
+key = "coordinator-key.pem"
+
+# Region and credentials come from the task (AWS_REGION, the task role).
+[aws]
+# Exactly the groups the task role may act on (its autoscaling:ResourceTag condition).
+asg_tag = "{tag}"
+
+# The stack's table, shared by every replica: one holds the lease and acts.
+[store]
+backend = "dynamodb"
+table = "{table}"
+"""
 PSEUDO = {
     "AWS::Partition": "aws",
     "AWS::Region": "us-east-1",
@@ -70,8 +108,10 @@ def api_names(node, keep_keys=False):
 
 
 class Resolver:
-    def __init__(self, template):
+    def __init__(self, template, stack=None):
         self.values = dict(PSEUDO)
+        if stack:
+            self.values["AWS::StackName"] = stack
         for name, p in template.get("Parameters", {}).items():
             if "Default" in p:
                 self.values[name] = str(p["Default"])
@@ -104,10 +144,33 @@ class Resolver:
         return node
 
 
-def render():
+def read_template():
     template, errors = decode(str(TEMPLATE))
     if errors:
         raise SystemExit(f"render.py: cannot read {TEMPLATE}: {errors}")
+    return template
+
+
+def managed_tag(template):
+    """KEY=VALUE of the tag the task role's replace statement is conditioned on."""
+    for st in template["Resources"]["CoordinatorTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]:
+        if st.get("Sid") != "ReplaceOnlyInTaggedGroups":
+            continue
+        for key, value in st["Condition"]["StringEquals"].items():
+            prefix = "autoscaling:ResourceTag/"
+            if key.startswith(prefix):
+                return f"{key[len(prefix):]}={value}"
+    raise SystemExit("render.py: no autoscaling:ResourceTag/... condition in CoordinatorTaskRole's ReplaceOnlyInTaggedGroups")
+
+
+def coordinator_config(template, stack="autoheal"):
+    resolver = Resolver(template, stack)
+    table = resolver.resolve(template["Resources"]["StateTable"]["Properties"]["TableName"])
+    return CONFIG_TEXT.format(stack=stack, table=table, tag=managed_tag(template))
+
+
+def render():
+    template = read_template()
     resolver = Resolver(template)
     out = {}
     for resource, file in ROLES.items():
@@ -118,6 +181,7 @@ def render():
         out[file] = json.dumps(doc, indent=2) + "\n"
     task = resolver.resolve(template["Resources"]["TaskDefinition"]["Properties"])
     out[TASK_DEFINITION] = json.dumps(api_names(task), indent=2) + "\n"
+    out[COORDINATOR_CONFIG] = coordinator_config(template)
     return out
 
 
@@ -181,6 +245,15 @@ def main(argv):
         for file, text in render().items():
             (OUT / file).write_text(text)
             print(f"wrote {(OUT / file).relative_to(REPO)}")
+        return 0
+    if cmd == "config":
+        stack = "autoheal"
+        if argv[2:3] == ["--stack"] and len(argv) == 4:
+            stack = argv[3]
+        elif len(argv) > 2:
+            print(__doc__, file=sys.stderr)
+            return 2
+        sys.stdout.write(coordinator_config(read_template(), stack))
         return 0
     if cmd == "check":
         return 0 if check() else 1

@@ -93,3 +93,21 @@ pub fn explain(status: &tonic::Status, endpoint: &str, tls: Option<&str>) -> Str
         code => format!("{code:?}: {}{chain}", status.message()),
     }
 }
+
+/// The coordinator's response metadata naming who answered (`leader`, or
+/// `follower; leader=<endpoint>`); the coordinator's `edges::grpc::fleet::ANSWERED_BY`.
+pub const ANSWERED_BY: &str = "autoheal-answered-by";
+
+/// Says on stderr when a follower answered, so a table of "disconnected" agents is not mistaken
+/// for the fleet's state; passes the response on.
+pub fn noted<T>(response: tonic::Response<T>) -> tonic::Response<T> {
+    if let Some(note) = response
+        .metadata()
+        .get(ANSWERED_BY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::tables::answered_by)
+    {
+        eprintln!("autohealctl: {note}");
+    }
+    response
+}

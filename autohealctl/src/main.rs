@@ -308,7 +308,8 @@ async fn call(
         Command::Status => {
             let s = client
                 .get_fleet_status(v1::GetFleetStatusRequest {})
-                .await?
+                .await
+                .map(client::noted)?
                 .into_inner();
             if json {
                 print_json(&tables::status_json(&s));
@@ -323,7 +324,8 @@ async fn call(
                     availability_zone: az.unwrap_or_default(),
                     state: 0,
                 })
-                .await?
+                .await
+                .map(client::noted)?
                 .into_inner()
                 .instances;
             if json {
@@ -335,7 +337,8 @@ async fn call(
         Command::Instance { id } => {
             let i = client
                 .get_instance(v1::GetInstanceRequest { instance_id: id })
-                .await?
+                .await
+                .map(client::noted)?
                 .into_inner();
             if json {
                 print_json(&tables::instance_json(&i));
@@ -353,7 +356,8 @@ async fn call(
                     after,
                     instance_id: instance.unwrap_or_default(),
                 })
-                .await?
+                .await
+                .map(client::noted)?
                 .into_inner();
             loop {
                 // Without --follow, print what's in the log and stop once nothing new arrives.
@@ -384,7 +388,8 @@ async fn call(
                     instance_id: instance.unwrap_or_default(),
                     limit: 0,
                 })
-                .await?
+                .await
+                .map(client::noted)?
                 .into_inner()
                 .actions;
             if json {

@@ -372,3 +372,36 @@ mod tests {
         assert_eq!(lines[2], "y          z");
     }
 }
+
+/// The note for an `autoheal-answered-by` value; `None` when the leader answered.
+pub fn answered_by(value: &str) -> Option<String> {
+    let rest = value.trim().strip_prefix("follower")?;
+    let leader = rest
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("leader="))
+        .filter(|l| !l.is_empty())
+        .unwrap_or("unknown");
+    Some(format!(
+        "answered by a follower (leader: {leader}): agents stream to the leader only, so here every agent shows as disconnected and recent actions may be missing; ask the leader for the fleet's state"
+    ))
+}
+
+#[cfg(test)]
+mod answered_by_tests {
+    use super::answered_by;
+
+    #[test]
+    fn a_follower_answer_names_the_leader() {
+        let note = answered_by("follower; leader=10.0.1.5:7443").expect("note");
+        assert!(
+            note.starts_with("answered by a follower (leader: 10.0.1.5:7443)"),
+            "{note}"
+        );
+        assert!(
+            answered_by("follower; leader=unknown")
+                .expect("note")
+                .contains("leader: unknown")
+        );
+        assert_eq!(answered_by("leader"), None);
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # IAM: the JSON policies match the CloudFormation template, parliament reports nothing on any of
 # them, and the coordinator task role grants exactly the actions in COORDINATOR_ACTIONS
-# (coordinator/src/aws_actions.rs), no more, no less.
+# (coordinator/src/adapters/aws/actions.rs), no more, no less.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/.. source=lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -14,14 +14,14 @@ step "policies rendered from the template; task role == COORDINATOR_ACTIONS"
 if "$py" "$repo/packaging/render.py" check; then pass "render.py check"; else fail "render.py check"; fi
 
 # The comparison must be able to fail both ways.
-sed 's/"events:PutEvents",/"events:PutEvents",\n    "s3:GetObject",/' "$repo/coordinator/src/aws_actions.rs" >"$work/more.rs"
+sed 's/"events:PutEvents",/"events:PutEvents",\n    "s3:GetObject",/' "$repo/coordinator/src/adapters/aws/actions.rs" >"$work/more.rs"
 reports() { # ACTIONS_FILE TEXT: the check fails and says TEXT
   local out
   if out=$(AUTOHEAL_ACTIONS_FILE=$1 "$py" "$repo/packaging/render.py" check); then return 1; fi
   grep -qF -- "$2" <<<"$out"
 }
 check "an action called but not granted is caught" reports "$work/more.rs" "called but not granted: s3:GetObject"
-grep -v '"sns:Publish"' "$repo/coordinator/src/aws_actions.rs" >"$work/fewer.rs"
+grep -v '"sns:Publish"' "$repo/coordinator/src/adapters/aws/actions.rs" >"$work/fewer.rs"
 check "an action granted but never called is caught" reports "$work/fewer.rs" "granted but never called: sns:Publish"
 check "a missing COORDINATOR_ACTIONS list is an error" \
   not env AUTOHEAL_ACTIONS_FILE=/dev/null "$py" "$repo/packaging/render.py" check 2>/dev/null

@@ -64,6 +64,8 @@ pub enum StartError {
     Notify(#[from] crate::services::notify::NotifyError),
     #[error("cannot start enrollment")]
     Enroll(#[from] crate::edges::grpc::enroll::EnrollStartError),
+    #[error(transparent)]
+    Platform(#[from] crate::edges::config::ecs::EcsError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -116,7 +118,13 @@ impl Running {
     }
 }
 
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(mut config: Config) -> Result<Running, StartError> {
+    // On ECS: `advertise` from the task's IP, and no embedded store in a service's task.
+    if let Some(task) =
+        crate::edges::config::ecs::apply(&mut config, |k| std::env::var(k).ok()).await?
+    {
+        tracing::info!(task = %task.task_arn, service = ?task.service, advertise = ?config.advertise, "running as an ECS task");
+    }
     let mut serving = Tasks::new();
     let mut lease_task = Tasks::new();
     let mut last = Tasks::new();

@@ -16,6 +16,7 @@ use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 mod aws;
+pub mod ecs;
 pub mod enroll;
 mod policy;
 mod store;

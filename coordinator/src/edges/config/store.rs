@@ -12,6 +12,8 @@ pub(super) struct RawStore {
     lease_ttl: Option<String>,
     lease_renew_interval: Option<String>,
     event_ttl: Option<String>,
+    /// How many coordinators share this state: more than one needs a shared store.
+    replicas: Option<u32>,
 }
 
 /// Where state lives and how leadership is held.
@@ -29,6 +31,8 @@ pub struct StoreConfig {
     pub lease_ttl: Duration,
     pub lease_renew_interval: Duration,
     pub event_ttl: Duration,
+    /// How many coordinators the operator runs (1 unless said).
+    pub replicas: u32,
 }
 
 pub(super) fn store_config(raw: RawStore, has_aws: bool, errors: &mut ConfigErrors) -> StoreConfig {
@@ -80,7 +84,17 @@ pub(super) fn store_config(raw: RawStore, has_aws: bool, errors: &mut ConfigErro
         raw.event_ttl.as_deref(),
         Duration::from_secs(7 * 24 * 3600),
     );
+    let replicas = raw.replicas.unwrap_or(1);
+    if replicas == 0 {
+        errors.push("store.replicas", "must be at least 1");
+    } else if replicas > 1 && backend == StoreBackend::Embedded {
+        errors.push(
+            "store.replicas",
+            format!("{replicas} replicas with the embedded store: each would keep its own file and win its own lease, so all {replicas} would lead and act; use backend = \"dynamodb\" (one shared table)"),
+        );
+    }
     StoreConfig {
+        replicas,
         backend,
         lease_ttl,
         lease_renew_interval,

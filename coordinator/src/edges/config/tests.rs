@@ -21,6 +21,33 @@ mod unit {
     }
 
     #[test]
+    fn several_replicas_refuse_the_embedded_store() {
+        let two = format!("{GOOD}\n[store]\nreplicas = 2\n");
+        let errors = Config::from_toml(&two, Path::new(".")).expect_err("two leaders");
+        assert_eq!(errors.errors[0].path, "store.replicas", "{errors}");
+        assert!(errors.to_string().contains("dynamodb"), "{errors}");
+        let shared = format!("{GOOD}\n[aws]\n[store]\nbackend = \"dynamodb\"\nreplicas = 2\n");
+        let c = Config::from_toml(&shared, Path::new(".")).expect("a shared table is fine");
+        assert_eq!(c.store.replicas, 2);
+    }
+
+    /// The config the README puts in Parameter Store acts once dry_run is off: it has [aws] and
+    /// the stack's DynamoDB table (it is rendered from the CloudFormation template).
+    #[test]
+    fn the_shipped_ecs_config_acts_on_the_stack_table() {
+        let text = include_str!("../../../../packaging/coordinator/coordinator.toml");
+        let c = Config::from_toml(text, Path::new("/run/autoheal")).expect("shipped config");
+        assert!(c.aws.is_some(), "no [aws]: it would only watch");
+        assert_eq!(
+            c.store.backend,
+            StoreBackend::Dynamo {
+                table: "autoheal-state".into()
+            }
+        );
+        assert_eq!(c.advertise, None, "left to the ECS task metadata");
+    }
+
+    #[test]
     fn metrics_listen_is_an_address_apart_from_listen() {
         let ok = format!("metrics_listen = \"127.0.0.1:9464\"\n{GOOD}");
         let c = Config::from_toml(&ok, Path::new(".")).expect("valid");

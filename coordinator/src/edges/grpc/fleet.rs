@@ -158,6 +158,32 @@ fn fleet_guardrails(fleet: &Fleet) -> Vec<v1::Guardrail> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::FleetEvent, Status>> + Send>>;
 
+/// Response metadata naming who answered: `leader`, or `follower; leader=<endpoint>` (`unknown`
+/// while no one holds the lease). Agents stream to the leader only, so a follower's instance
+/// list shows every agent as disconnected and its journal may lag: clients say so.
+pub const ANSWERED_BY: &str = "autoheal-answered-by";
+
+impl FleetApi {
+    fn answered_by(&self) -> String {
+        match self.leadership.current() {
+            crate::services::lease::LeaderState::Leader { .. } => "leader".to_owned(),
+            crate::services::lease::LeaderState::Follower { leader_endpoint } => format!(
+                "follower; leader={}",
+                leader_endpoint.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
+
+    fn answer<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        // An endpoint is host:port, always valid ASCII; a value that isn't is left out.
+        if let Ok(value) = self.answered_by().parse() {
+            response.metadata_mut().insert(ANSWERED_BY, value);
+        }
+        response
+    }
+}
+
 #[tonic::async_trait]
 impl FleetService for FleetApi {
     type WatchEventsStream = EventStream;
@@ -213,7 +239,7 @@ impl FleetService for FleetApi {
             }
         }
         let connected = groups.values().map(|g| g.connected).sum();
-        Ok(Response::new(v1::FleetStatus {
+        Ok(self.answer(v1::FleetStatus {
             pause: Some(pause_to_wire(self.fleet.pause_state())),
             dry_run: self.fleet.dry_run,
             leader: self.leadership.current().token().is_some(),
@@ -243,7 +269,7 @@ impl FleetService for FleetApi {
             .map(summary)
             .filter(|s| state == v1::InstanceState::Unspecified || s.state == i32::from(state))
             .collect();
-        Ok(Response::new(v1::ListInstancesResponse { instances }))
+        Ok(self.answer(v1::ListInstancesResponse { instances }))
     }
 
     async fn get_instance(
@@ -258,7 +284,7 @@ impl FleetService for FleetApi {
             Status::not_found(format!("instance {id} is not known to this coordinator"))
         })?;
         let agent = r.agent.as_ref();
-        Ok(Response::new(v1::Instance {
+        Ok(self.answer(v1::Instance {
             summary: Some(summary(&r)),
             services: agent
                 .map(|a| {
@@ -347,7 +373,7 @@ impl FleetService for FleetApi {
             }
             Err(status) => Some(Err(status)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(self.answer(Box::pin(stream)))
     }
 
     async fn list_actions(
@@ -367,7 +393,7 @@ impl FleetService for FleetApi {
             .into_iter()
             .map(action_to_wire)
             .collect();
-        Ok(Response::new(v1::ListActionsResponse { actions }))
+        Ok(self.answer(v1::ListActionsResponse { actions }))
     }
 
     async fn pause(
@@ -386,7 +412,7 @@ impl FleetService for FleetApi {
             .set_paused(true, &reason, &by)
             .await
             .map_err(|e| Status::unavailable(format!("cannot persist the pause: {e}")))?;
-        Ok(Response::new(pause_to_wire(state)))
+        Ok(self.answer(pause_to_wire(state)))
     }
 
     async fn resume(
@@ -400,7 +426,7 @@ impl FleetService for FleetApi {
             .set_paused(false, &reason, &by)
             .await
             .map_err(|e| Status::unavailable(format!("cannot persist the resume: {e}")))?;
-        Ok(Response::new(pause_to_wire(state)))
+        Ok(self.answer(pause_to_wire(state)))
     }
 
     async fn drain(
@@ -433,7 +459,7 @@ impl FleetService for FleetApi {
             .await
             .map_err(|_| Status::unavailable("the control loop is not running"))?;
         match answer.await {
-            Ok(Ok(entry)) => Ok(Response::new(action_to_wire(entry))),
+            Ok(Ok(entry)) => Ok(self.answer(action_to_wire(entry))),
             Ok(Err(crate::services::control::DrainError::NotFound(id))) => Err(Status::not_found(
                 format!("instance {id} is not in any managed auto scaling group"),
             )),
@@ -473,7 +499,7 @@ impl FleetService for FleetApi {
                 reason: "this coordinator runs without AWS (or has not completed an inventory yet)"
                     .into(),
             });
-            return Ok(Response::new(v1::WhatIfResponse {
+            return Ok(self.answer(v1::WhatIfResponse {
                 allowed: false,
                 explanation: format!("{} on {} is held", action.as_str_name(), req.instance_id),
                 held_by,
@@ -497,7 +523,7 @@ impl FleetService for FleetApi {
                 reason: g.reason(),
             })
             .collect();
-        Ok(Response::new(v1::WhatIfResponse {
+        Ok(self.answer(v1::WhatIfResponse {
             allowed: answer.allowed,
             explanation: if answer.allowed {
                 format!("{step} on {} would be allowed now", req.instance_id)
@@ -541,6 +567,6 @@ impl FleetService for FleetApi {
                     req.instance_id
                 ))
             })?;
-        Ok(Response::new(summary(&record)))
+        Ok(self.answer(summary(&record)))
     }
 }
