@@ -15,3 +15,4 @@ mod metrics;
 mod notify;
 mod spine;
 mod store;
+mod ui;

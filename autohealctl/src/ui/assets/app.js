@@ -32,6 +32,8 @@ function el(tag, attrs, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'class') e.className = v;
     else if (k === 'text') e.textContent = v;
+    // Through the CSSOM: the page's CSP forbids inline style attributes.
+    else if (k === 'style') Object.assign(e.style, v);
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? '' : v);
   }
@@ -87,6 +89,11 @@ function parseDuration(s) {
     total += Number(n) * f;
   }
   return matched ? total : null;
+}
+
+// Long reasons (a hold lists every guardrail) in full on hover.
+function short(text, n = 110) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
 }
 
 function groupName(name) {
@@ -151,6 +158,12 @@ function remediations() {
         r = { instance: e.instance_id, asg: e.asg, rung: null, startedAt: e.at, finishedAt: null };
         byInstance.set(e.instance_id, r);
       }
+      // After a replacement was requested the ladder is verifying; later holds are about a
+      // further step and do not move it back.
+      if (r.verifying && e.kind === 'guardrail') {
+        r.why = `verifying; a further step is held: ${e.message}`;
+        continue;
+      }
       const rung = rungOfStep(e.message.replace(/^would /, ''));
       if (rung) r.rung = rung;
       r.held = e.kind === 'guardrail';
@@ -192,12 +205,14 @@ function renderHeader() {
   if (s) {
     set('coordinator', `coordinator ${s.coordinator_id} · ${s.endpoint || ''}`);
     set('leader', s.leader ? 'leader' : 'follower (leader unknown to the API)', s.leader ? 'ok' : 'warn');
-    set('mode', s.dry_run ? 'dry-run: records, never acts' : 'live', s.dry_run ? 'warn' : 'ok');
+    set('mode', s.dry_run ? 'mode: dry-run (records, never acts)' : 'mode: acting', s.dry_run ? 'warn' : 'ok');
     const p = s.pause || {};
     set('pause', p.paused ? `PAUSED by ${p.by}: ${p.reason}` : 'not paused', p.paused ? 'bad' : 'ok');
   }
   const l = state.link;
-  set('live', l.reachable && state.pageUp ? 'live' : 'offline', l.reachable && state.pageUp ? 'ok' : 'bad');
+  const up = l.reachable && state.pageUp;
+  set('live', up ? 'connected: live' : state.pageUp ? 'coordinator unreachable' : 'autohealctl ui not answering',
+    up ? 'ok' : 'bad');
   const banner = document.getElementById('banner');
   if (!state.pageUp) {
     banner.textContent = 'autohealctl ui is not answering: is it still running? The page reconnects by itself.';
@@ -251,10 +266,10 @@ function renderBrakes() {
 
 function bar(label, parts, total, marks) {
   const segs = parts.filter((p) => p.n > 0).map((p) => el('div', {
-    class: `seg ${p.cls}`, style: `width:${total ? (100 * p.n) / total : 0}%`, title: `${p.n} ${p.cls}`,
+    class: `seg ${p.cls}`, style: { width: `${total ? (100 * p.n) / total : 0}%` }, title: `${p.n} ${p.cls}`,
   }));
-  const ticks = marks.map((m) => el('div', {
-    class: `mark ${m.live ? '' : 'dashed'}`, style: `left:${m.at}%`, title: m.title,
+  const ticks = marks.map((m, i) => el('div', {
+    class: `mark ${m.live ? '' : 'dashed'} ${i % 2 ? '' : 'top'}`, style: { left: `${m.at}%` }, title: m.title,
   }, el('span', { text: m.label })));
   return el('div', { class: 'barrow' }, el('span', { text: label }), el('div', { class: 'bar' }, segs, ticks),
     el('span', { text: parts.length ? `${total ? Math.round((100 * parts[0].n) / total) : 0}% healthy` : '' }));
@@ -305,8 +320,8 @@ function renderGroups() {
       [{ at: 100 - anom.value, live: anom.live, label: `brake <${100 - anom.value}%`, title: `anomaly brake per AZ: more than ${anom.value}% bad` }]));
     }
     const depRow = el('div', { class: 'barrow dep' }, el('span', { text: 'failing dependency' }),
-      el('div', { class: 'bar' }, el('div', { class: 'seg dep', style: `width:${c.total ? (100 * c.dep) / c.total : 0}%` }),
-        el('div', { class: `mark ${dep.live ? '' : 'dashed'}`, style: `left:${dep.value}%`, title: `dependency brake at ${dep.value}%` },
+      el('div', { class: 'bar' }, el('div', { class: 'seg dep', style: { width: `${c.total ? (100 * c.dep) / c.total : 0}%` } }),
+        el('div', { class: `mark ${dep.live ? '' : 'dashed'}`, style: { left: `${dep.value}%` }, title: `dependency brake at ${dep.value}%` },
           el('span', { text: `brake ${dep.value}%` }))),
       el('span', { text: `${c.total ? Math.round((100 * c.dep) / c.total) : 0}% naming one` }));
     const held = st ? st.guardrails.filter((r) => isBrake(r.name)).map((r) => r.name) : [];
@@ -324,7 +339,7 @@ function renderRemediations() {
   const rows = list.map((r) => el('tr', { 'data-instance': r.instance, class: 'clickable', onclick: () => select(r.instance) },
     el('td', { text: r.instance }), el('td', { text: groupName(r.asg) }), el('td', {}, ladder(r)),
     el('td', { class: `rstate ${r.state}`, text: r.verifying ? 'verifying replacement' : r.state }),
-    el('td', { text: ago(r.startedAt) }), el('td', { text: r.why })));
+    el('td', { text: ago(r.startedAt) }), el('td', { class: 'why', title: r.why, text: short(r.why) })));
   document.querySelector('#remediations tbody').replaceChildren(...rows);
   document.getElementById('no-remediations').hidden = rows.length > 0;
 }

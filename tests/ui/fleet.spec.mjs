@@ -1,0 +1,92 @@
+// Drives `autohealctl ui` in Debian's chromium. Run by tests/tests/ui.rs, which owns the fleet:
+// this script prints `need <step>` when it wants the test to change the world, and waits for a
+// line on stdin before it looks again. Every other line it prints is `ok <what>` or a failure.
+//
+//   UI_URL          the page (http://127.0.0.1:PORT/)
+//   ESCALATED       the instance the test makes escalate
+//   DEPENDENCY      the shared dependency the test makes fail
+//   SCREENSHOT      where to write the screenshot
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+const { UI_URL, ESCALATED, DEPENDENCY, SCREENSHOT } = process.env;
+const STEP_MS = Number(process.env.STEP_MS || 25000);
+
+const lines = createInterface({ input: process.stdin });
+const waiting = [];
+lines.on('line', (l) => { const w = waiting.shift(); if (w) w(l); });
+function need(step) {
+  console.log(`need ${step}`);
+  return new Promise((resolve) => waiting.push(resolve));
+}
+
+// A fresh profile each run; playwright passes it to chromium as --user-data-dir.
+const profile = mkdtempSync(join(tmpdir(), 'autoheal-ui-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1400, height: 1000 },
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--no-first-run'],
+});
+let failed = false;
+try {
+  const page = browser.pages()[0] || await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(UI_URL);
+  // A page that reloads loses this; every later step checks it is still there.
+  await page.evaluate(() => { window.__sameDocument = true; });
+
+  // The fleet appears: three connected, healthy instances.
+  await page.waitForFunction(() => {
+    const rows = document.querySelectorAll('#instances tbody tr[data-instance]');
+    return rows.length >= 3 && [...rows].every((r) => r.dataset.state === 'healthy');
+  }, null, { timeout: STEP_MS });
+  console.log('ok fleet');
+
+  // Read-only: the server refuses writes and has no steering routes.
+  const codes = await page.evaluate(async () => Promise.all([
+    fetch('/api/status', { method: 'POST' }).then((r) => r.status),
+    fetch('/api/pause').then((r) => r.status),
+    fetch('/api/instance/x/drain', { method: 'POST' }).then((r) => r.status),
+  ]));
+  if (codes.join() !== '405,404,404') throw new Error(`writes not refused: ${codes}`);
+  console.log('ok read-only');
+
+  await need('escalate');
+  await page.waitForSelector(`#remediations tbody tr[data-instance="${ESCALATED}"]`, { timeout: STEP_MS });
+  const rung = await page.textContent(`#remediations tbody tr[data-instance="${ESCALATED}"] .ladder .now, `
+    + `#remediations tbody tr[data-instance="${ESCALATED}"] .ladder .held`).catch(() => '');
+  if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
+  console.log(`ok remediation ${rung}`);
+
+  await need('outage');
+  await page.waitForFunction((dep) => [...document.querySelectorAll('#brakes li[data-kind="dependency_brake"]')]
+    .some((li) => li.textContent.includes(dep)), DEPENDENCY, { timeout: STEP_MS });
+  const reason = await page.textContent('#brakes li[data-kind="dependency_brake"]');
+  if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
+  console.log(`ok brake ${reason.trim()}`);
+  // Let the bars and ages settle into one frame for the picture.
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  console.log('ok screenshot');
+
+  await need('stop');
+  await page.waitForSelector('#banner:not([hidden])', { timeout: STEP_MS });
+  const banner = await page.textContent('#banner');
+  if (!/unreachable/i.test(banner)) throw new Error(`banner says: ${banner}`);
+  console.log(`ok banner ${banner.trim()}`);
+  if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
+} catch (e) {
+  failed = true;
+  console.log(`fail ${e && e.stack ? e.stack.split('\n').slice(0, 3).join(' | ') : e}`);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+  lines.close();
+}
+process.exit(failed ? 1 : 0);
