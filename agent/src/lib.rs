@@ -12,6 +12,8 @@
 //!   performs its effects; [`action`]: the process side (spawn, kill, systemctl).
 //! - [`probe`], [`check`]: what a check does once, and the task that runs it on its interval.
 //! - [`reporter`]: the coordinator stream, event numbering, buffering and replay.
+//! - [`enroll`]: zero-touch enrollment and renewal of the agent's certificate (IMDSv2 identity
+//!   document → coordinator), used by the reporter before it connects.
 //! - [`status`]: the local 0600 unix socket `autoheal-agent status` reads.
 //! - [`metrics`]: Prometheus counters and the optional plain-HTTP `/metrics` endpoint; a leaf
 //!   that reads only [`state`].
@@ -27,6 +29,7 @@ pub mod agent;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod enroll;
 pub mod http;
 pub mod identity;
 pub mod metrics;

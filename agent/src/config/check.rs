@@ -149,6 +149,16 @@ fn coordinator(
         1,
         1_000_000,
     );
+    if let Some(endpoint) = &raw.enroll_endpoint {
+        match split_endpoint(endpoint) {
+            Err(e) => errors.push("coordinator.enroll_endpoint", e.to_string()),
+            Ok((_, 0)) => errors.push(
+                "coordinator.enroll_endpoint",
+                "port 0 is not a port to connect to",
+            ),
+            Ok(_) => {}
+        }
+    }
     CoordinatorConfig {
         endpoints,
         tls,
@@ -157,6 +167,7 @@ fn coordinator(
         event_buffer: NonZeroUsize::new(event_buffer as usize).unwrap_or(NonZeroUsize::MIN),
         reconnect_initial,
         reconnect_max,
+        enroll_endpoint: raw.enroll_endpoint.clone(),
     }
 }
 

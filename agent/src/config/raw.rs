@@ -34,6 +34,7 @@ pub struct RawCoordinator {
     pub reconnect_initial: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub reconnect_max: Option<String>,
+    pub enroll_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,6 +30,9 @@ pub struct CoordinatorConfig {
     pub event_buffer: NonZeroUsize,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// The coordinator's enrollment listener (`host:port`): when set, the agent enrolls and
+    /// renews its own certificate into the `[tls]` files (see `enroll`).
+    pub enroll_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

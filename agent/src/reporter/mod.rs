@@ -1,7 +1,9 @@
 //! The reporter: one mTLS bidi stream to the coordinator (`AgentService.Connect`). It numbers
 //! events, keeps the unacknowledged ones in a bounded buffer and replays them after a reconnect,
 //! sends heartbeats, follows redirects and reconnects with exponential backoff and full jitter.
-//! It never blocks healing: events reach it over an unbounded channel it always drains.
+//! It never blocks healing: events reach it over an unbounded channel it always drains. With
+//! enrollment on it keeps its certificate current first (`crate::enroll`), and it reconnects
+//! with a new certificate when one is due or when the files change on disk.
 
 use std::{sync::Arc, time::Duration};
 
@@ -57,7 +59,13 @@ pub struct Reporter {
 enum End {
     Shutdown,
     Redirect(String),
-    Failed { error: String, welcomed: bool },
+    Failed {
+        error: String,
+        welcomed: bool,
+    },
+    /// The certificate is due for renewal, or its files changed on disk: reconnect at once
+    /// with the new one (the event buffer stays; healing never noticed).
+    Recertify(&'static str),
 }
 
 /// How long to wait for response headers and then for the Welcome.
@@ -80,6 +88,7 @@ impl Reporter {
         let mut redirect: Option<String> = None;
         let mut delay = Duration::ZERO;
         let mut first_attempt = true;
+        let enrollment = crate::enroll::Enrollment::from_config(&self.config, &self.identity);
         loop {
             if !std::mem::take(&mut first_attempt) {
                 self.metrics.reconnected();
@@ -110,13 +119,6 @@ impl Reporter {
                     }
                 }
             };
-            let tls_config = match load_tls(&self.config.tls, &id) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.failed(&*e, &mut failures, &mut delay);
-                    continue;
-                }
-            };
             let endpoint = match redirect.take() {
                 Some(e) => e,
                 None => {
@@ -126,8 +128,40 @@ impl Reporter {
                     e
                 }
             };
+            // Enrollment never blocks healing: events queue on the unbounded channel meanwhile,
+            // and every step of it is bounded by a timeout.
+            let renew_at = match &enrollment {
+                None => None,
+                Some(enrollment) => {
+                    let ensured = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return,
+                        r = enrollment.ensure(&id.instance_id, &endpoint) => r,
+                    };
+                    match ensured {
+                        Ok(held) => Some(held.renew_at),
+                        Err(e) => {
+                            self.failed(&e, &mut failures, &mut delay);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let cert_files = crate::enroll::fingerprint(&self.config.tls);
+            let tls_config = match load_tls(&self.config.tls, &id) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.failed(&*e, &mut failures, &mut delay);
+                    continue;
+                }
+            };
+            let credentials = Credentials {
+                config: tls_config,
+                renew_at,
+                cert_files,
+            };
             match self
-                .session(&shutdown, &mut buffer, &id, epoch, &endpoint, tls_config)
+                .session(&shutdown, &mut buffer, &id, epoch, &endpoint, credentials)
                 .await
             {
                 End::Shutdown => return,
@@ -141,6 +175,11 @@ impl Reporter {
                     } else {
                         Duration::ZERO
                     };
+                }
+                End::Recertify(why) => {
+                    tracing::info!(%endpoint, why, "reconnecting with a new certificate");
+                    redirect = Some(endpoint);
+                    delay = Duration::ZERO;
                 }
                 End::Failed { error, welcomed } => {
                     if welcomed {
@@ -224,13 +263,17 @@ impl Reporter {
         id: &InstanceIdentity,
         epoch: u64,
         endpoint: &str,
-        tls_config: Arc<rustls::ClientConfig>,
+        credentials: Credentials,
     ) -> End {
         let failed = |error: String| End::Failed {
             error,
             welcomed: false,
         };
-        let channel = match tls::channel(endpoint, tls_config, self.config.connect_timeout) {
+        let channel = match tls::channel(
+            endpoint,
+            credentials.config.clone(),
+            self.config.connect_timeout,
+        ) {
             Ok(c) => c,
             Err(e) => return failed(e.to_string()),
         };
@@ -318,6 +361,9 @@ impl Reporter {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = self.clock.now();
         let silence = heartbeat_every * 3 + Duration::from_secs(5);
+        let renew_deadline = credentials
+            .renew_at
+            .map(|at| self.clock.now() + at.duration_since(self.clock.wall()).unwrap_or_default());
         loop {
             tokio::select! {
                 biased;
@@ -352,7 +398,11 @@ impl Reporter {
                         Err(status) => return welcomed(status_text(&status)),
                     }
                 }
+                () = sleep_until_opt(renew_deadline) => return End::Recertify("renewal due"),
                 _ = tick.tick() => {
+                    if crate::enroll::fingerprint(&self.config.tls) != credentials.cert_files {
+                        return End::Recertify("certificate files changed on disk");
+                    }
                     if self.clock.now().saturating_duration_since(last_heard) > silence {
                         return welcomed(format!("no answer from the coordinator for {silence:?}"));
                     }
@@ -378,6 +428,23 @@ impl Reporter {
         }
         self.status
             .send_modify(|s| s.healing_paused = *self.paused.borrow());
+    }
+}
+
+/// The TLS configuration a session uses, and what makes it end early for a new certificate.
+#[derive(Debug, Clone)]
+struct Credentials {
+    config: Arc<rustls::ClientConfig>,
+    /// When the certificate in use is due for renewal (with enrollment on).
+    renew_at: Option<std::time::SystemTime>,
+    /// The `[tls]` files as they were when the session started.
+    cert_files: u64,
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -441,6 +508,7 @@ mod tests {
             event_buffer: std::num::NonZeroUsize::MIN,
             reconnect_initial: i,
             reconnect_max: cap,
+            enroll_endpoint: None,
         };
         let full_jitter = |attempt, unit| reconnect_delay(&config, attempt, unit);
         assert_eq!(full_jitter(0, 1.0), i);

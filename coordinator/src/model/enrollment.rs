@@ -44,6 +44,11 @@ pub struct Enrollment {
     /// The newest certificate issued (by enrollment or renewal).
     pub certificate_expires_at: SystemTime,
     pub reason: String,
+    /// SHA-256 (hex) of the SubjectPublicKeyInfo of the newest certificate's key: after that
+    /// certificate expired (the coordinator was unreachable across it), the same instance
+    /// boot may enroll again only by proving it still holds this key.
+    #[serde(default)]
+    pub key_sha256: String,
     pub version: u64,
 }
 

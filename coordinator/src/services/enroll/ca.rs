@@ -55,6 +55,18 @@ pub enum IssueError {
 #[derive(Debug)]
 pub struct CheckedCsr(CertificateSigningRequestParams);
 
+impl CheckedCsr {
+    /// SHA-256 (hex) of the requested key's SubjectPublicKeyInfo.
+    pub fn key_sha256(&self) -> String {
+        use rcgen::PublicKeyData;
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &self.0.public_key.subject_public_key_info(),
+        );
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// The CA that signs instance certificates.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,

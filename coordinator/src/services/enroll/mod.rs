@@ -228,6 +228,7 @@ impl Enroller {
             ));
         }
         let existing = self.record(&doc.instance_id).await?;
+        let mut rejoin: Option<String> = None;
         let expected = match &existing {
             None => None,
             Some(e) => match e.status {
@@ -245,19 +246,28 @@ impl Enroller {
                     ));
                 }
                 EnrollmentStatus::Enrolled => {
-                    let again = if e.pending_time == doc.pending_time_text {
-                        "this identity document enrolled already"
-                    } else {
-                        "this instance enrolled already with another pendingTime"
-                    };
-                    return Err(Refusal::new(
-                        Check::Replayed,
-                        format!("{again}: renew over mTLS, or ask an operator to reset it"),
-                    ));
+                    // The one way back in with an identity document: this same boot (same
+                    // pendingTime), its certificate expired, and a CSR signed by the key that
+                    // certificate was for. See the README's threat model.
+                    let expired = e.certificate_expires_at <= self.inner.clock.wall();
+                    if !(expired && e.pending_time == doc.pending_time_text) {
+                        let again = if e.pending_time == doc.pending_time_text {
+                            "this identity document enrolled already"
+                        } else {
+                            "this instance enrolled already with another pendingTime"
+                        };
+                        return Err(Refusal::new(
+                            Check::Replayed,
+                            format!("{again}: renew over mTLS, or ask an operator to reset it"),
+                        ));
+                    }
+                    rejoin = Some(e.key_sha256.clone());
+                    Some(e.version)
                 }
             },
         };
-        // An operator's reset vouches for the instance: no age limit then.
+        // An operator's reset vouches for the instance, and a rejoin is the same boot: no age
+        // limit then.
         if expected.is_none() {
             let age = self
                 .inner
@@ -282,6 +292,14 @@ impl Enroller {
             .authority
             .check_csr(&request.csr, &doc.instance_id)
             .map_err(|e| Refusal::new(Check::Csr, e.to_string()))?;
+        if let Some(key) = &rejoin
+            && *key != csr.key_sha256()
+        {
+            return Err(Refusal::new(
+                Check::Replayed,
+                "enrolled already; after expiry only the holder of the last certificate's key may enroll again",
+            ));
+        }
         let status = self.instance_status(&doc.instance_id).await?;
         if status
             .owner_id
@@ -310,6 +328,7 @@ impl Enroller {
             enrolled_at: now,
             certificate_expires_at: cert.not_after,
             reason: String::new(),
+            key_sha256: csr.key_sha256(),
             version: expected.map_or(1, |v| v + 1),
         };
         match self.inner.store.put_enrollment(&record, expected).await {
@@ -391,6 +410,7 @@ impl Enroller {
             .map_err(|e| Refusal::new(Check::Unavailable, format!("cannot issue: {e}")))?;
         let renewed = Enrollment {
             certificate_expires_at: cert.not_after,
+            key_sha256: csr.key_sha256(),
             version: record.version + 1,
             ..record.clone()
         };
@@ -499,6 +519,7 @@ impl Enroller {
                     enrolled_at: now,
                     certificate_expires_at: SystemTime::UNIX_EPOCH,
                     reason: reason.to_owned(),
+                    key_sha256: String::new(),
                     version: 1,
                 },
             };
