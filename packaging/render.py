@@ -9,7 +9,8 @@ register-task-definition --cli-input-json`), and the coordinator's config (what 
 in Parameter Store) into packaging/coordinator/coordinator.toml: `[aws]` selecting exactly the
 groups the task role may act on (the tag in its condition) and `[store]` on the stack's table.
 
-  render            rewrite those files from the template
+  render [--out DIR] rewrite those files from the template (under DIR instead of packaging/)
+  table             print the state table's properties (resolved) as JSON, for fixtures
   config [--stack NAME]
                     print the coordinator config for a stack named NAME (default autoheal)
   check             the files match the template (no drift), and the coordinator task role
@@ -242,9 +243,16 @@ def check():
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else "check"
     if cmd == "render":
+        out = Path(argv[3]) if argv[2:3] == ["--out"] and len(argv) == 4 else OUT
         for file, text in render().items():
-            (OUT / file).write_text(text)
-            print(f"wrote {(OUT / file).relative_to(REPO)}")
+            (out / file).parent.mkdir(parents=True, exist_ok=True)
+            (out / file).write_text(text)
+            print(f"wrote {out / file}")
+        return 0
+    if cmd == "table":
+        template = read_template()
+        props = Resolver(template).resolve(template["Resources"]["StateTable"]["Properties"])
+        print(json.dumps(props, indent=2))
         return 0
     if cmd == "config":
         stack = "autoheal"
