@@ -29,6 +29,7 @@ pub use tempfile::TempDir;
 
 pub mod agent;
 pub mod fake;
+pub mod imds;
 pub mod moto;
 pub mod proxy;
 pub mod sim;
@@ -183,6 +184,18 @@ impl Coordinator {
         listen: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        if env.iter().any(|(k, _)| *k == "AUTOHEAL_FAULT") {
+            let version = Command::new(bin("autoheal-coordinator"))
+                .arg("--version")
+                .output()
+                .expect("autoheal-coordinator --version");
+            assert!(
+                String::from_utf8_lossy(&version.stdout).contains("fault-injection"),
+                "this test needs the crash-test hooks: the coordinator binary was built without \
+                 the fault-injection feature (run `cargo build --workspace --bins`, which the \
+                 test crate's dependency turns it on for)"
+            );
+        }
         let workdir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             r#"

@@ -40,6 +40,11 @@ struct State {
     bodies: HashMap<String, Vec<String>>,
     /// Instances whose target health is rewritten to `unhealthy` (moto always says healthy).
     failing_targets: Vec<String>,
+    /// Every call of these actions waits a uniformly random time up to this before it is
+    /// forwarded, so a kill can land while a call is in flight.
+    delays: HashMap<String, Duration>,
+    /// The bodies of the requests AWS (moto) accepted (2xx), by action, oldest first.
+    accepted: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +107,21 @@ impl FaultProxy {
     /// The bodies of the requests for `action` that reached the proxy, oldest first.
     pub fn requests(&self, action: &str) -> Vec<String> {
         self.lock().bodies.get(action).cloned().unwrap_or_default()
+    }
+
+    /// From now on every call of `action` waits a uniformly random time in `[0, max]` before it
+    /// is forwarded. The forward runs on its own: a caller that dies (or gives up) meanwhile does
+    /// not stop it, as a request already on its way to AWS lands whatever its sender does.
+    pub fn delay_every(&self, action: &str, max: Duration) {
+        self.lock().delays.insert(action.to_owned(), max);
+    }
+
+    /// How many calls of `action` naming `instance` AWS accepted (answered 2xx): what "the call
+    /// happened" means, however many attempts reached the proxy.
+    pub fn accepted_for(&self, action: &str, instance: &str) -> usize {
+        self.lock().accepted.get(action).map_or(0, |bodies| {
+            bodies.iter().filter(|b| b.contains(instance)).count()
+        })
     }
 
     /// From now on, `DescribeTargetHealth` answers say `instance` fails its health checks.
@@ -180,6 +200,12 @@ async fn handle(
             .or_default()
             .push(String::from_utf8_lossy(&body).into_owned());
         let fault = state.faults.get_mut(&action).and_then(VecDeque::pop_front);
+        let fault = fault.or_else(|| {
+            state
+                .delays
+                .get(&action)
+                .map(|max| Fault::Delay(max.mul_f64(rand::random::<f64>())))
+        });
         (fault, state.failing_targets.clone())
     };
     match fault {
@@ -226,9 +252,33 @@ async fn handle(
                 "unavailable (fault proxy)".into(),
             ));
         }
-        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Delay(d)) => {
+            // Detached: the forward completes even if the caller is gone by then.
+            let state = state.clone();
+            let action = action.clone();
+            let forwarded = tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                forward(parts, body, upstream, &action, &state, &client, &failing).await
+            });
+            return Ok(forwarded
+                .await
+                .unwrap_or_else(|e| respond(502, "text/plain", format!("proxy task: {e}"))));
+        }
         None => {}
     }
+    Ok(forward(parts, body, upstream, &action, &state, &client, &failing).await)
+}
+
+async fn forward(
+    parts: http::request::Parts,
+    body: Bytes,
+    upstream: SocketAddr,
+    action: &str,
+    state: &Mutex<State>,
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    failing: &[String],
+) -> Response<Full<Bytes>> {
+    let sent = String::from_utf8_lossy(&body).into_owned();
     let uri = format!(
         "http://{upstream}{}",
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
@@ -241,17 +291,26 @@ async fn handle(
     match client.request(forward).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
+            if parts.status.is_success() {
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accepted
+                    .entry(action.to_owned())
+                    .or_default()
+                    .push(sent);
+            }
             let mut body = body
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             if action == "DescribeTargetHealth" && !failing.is_empty() {
-                body = Bytes::from(fail_targets(&String::from_utf8_lossy(&body), &failing));
+                body = Bytes::from(fail_targets(&String::from_utf8_lossy(&body), failing));
                 parts.headers.remove("content-length");
             }
-            Ok(Response::from_parts(parts, Full::new(body)))
+            Response::from_parts(parts, Full::new(body))
         }
-        Err(e) => Ok(respond(502, "text/plain", format!("upstream: {e}"))),
+        Err(e) => respond(502, "text/plain", format!("upstream: {e}")),
     }
 }

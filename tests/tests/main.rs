@@ -9,6 +9,7 @@ mod agent_healing;
 mod agent_metrics;
 mod agent_reporter;
 mod aws;
+mod chaos;
 mod demo;
 mod ha;
 mod metrics;

@@ -116,6 +116,7 @@ fn entry(key: &str, instance: &str, token: u64, phase: Phase) -> Entry {
         )
         .expect("fits"),
         requested_by: String::new(),
+        in_flight_until_ms: 0,
     }
 }
 

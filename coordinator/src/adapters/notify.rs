@@ -68,7 +68,7 @@ pub fn slack_text(batch: &Batch) -> String {
     text
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Notifier for SlackWebhook {
     fn name(&self) -> &'static str {
         "slack"
@@ -165,7 +165,7 @@ fn sns_subject(batch: &Batch) -> String {
         .collect()
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Notifier for SnsTopic {
     fn name(&self) -> &'static str {
         "sns"
@@ -219,7 +219,7 @@ impl EventBus {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Notifier for EventBus {
     fn name(&self) -> &'static str {
         "eventbridge"

@@ -11,9 +11,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 const EXIT_CONFIG: u8 = 64;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `--version`; a build with the crash-test hooks says so, so nobody ships one by mistake (and
+/// the tests that need them can tell).
+#[cfg(feature = "fault-injection")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (fault-injection)");
+#[cfg(not(feature = "fault-injection"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = VERSION,
     about = "autoheal coordinator: fleet view, guardrails and operator API"
 )]
 struct Args {

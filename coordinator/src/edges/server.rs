@@ -62,10 +62,10 @@ pub enum StartError {
     Lease(#[from] crate::services::lease::LeaseSettingsError),
     #[error("cannot start notifications")]
     Notify(#[from] crate::services::notify::NotifyError),
-    #[error("cannot start enrollment")]
-    Enroll(#[from] crate::edges::grpc::enroll::EnrollStartError),
     #[error(transparent)]
     Platform(#[from] crate::edges::config::ecs::EcsError),
+    #[error("cannot start enrollment")]
+    Enroll(#[from] crate::edges::grpc::enroll::EnrollStartError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -224,6 +224,7 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
                 interval: aws.interval,
                 replace_with: aws.replace_with,
                 respect_grace: aws.respect_grace_period,
+                in_flight: aws.settings.longest_call(config.store.lease_ttl / 5),
             },
             leadership.clone(),
             store.clone(),
@@ -362,9 +363,11 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
             v1::enroll_service_server::EnrollServiceServer::new(e.api.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
         }))
-        .add_optional_service(enrollment.as_ref().map(|e| {
-            v1::enrollment_admin_server::EnrollmentAdminServer::new(e.admin.clone())
-        }))
+        .add_optional_service(
+            enrollment
+                .as_ref()
+                .map(|e| v1::enrollment_admin_server::EnrollmentAdminServer::new(e.admin.clone())),
+        )
         .add_service(health_service)
         .add_service(reflection);
     let stop = shutdown.clone();

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+/// The lifecycle, health and target states are the policy engine's own types: one of each.
+pub use autoheal_policy::{AsgHealth, Lifecycle, TargetState};
+
 /// An Auto Scaling group as the inventory sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -17,18 +20,15 @@ pub struct Group {
 pub struct Member {
     pub instance_id: String,
     pub availability_zone: String,
-    /// e.g. `InService`, `Pending`, `Terminating`, `Standby`, `Detaching`.
-    pub lifecycle: String,
-    /// `Healthy` or `Unhealthy`.
-    pub health: String,
+    pub lifecycle: Lifecycle,
+    pub health: AsgHealth,
     pub protected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub instance_id: String,
-    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, `unavailable`.
-    pub state: String,
+    pub state: TargetState,
     pub reason: String,
 }
 

@@ -67,4 +67,31 @@ pub struct Entry {
     pub at_ms: u64,
     #[serde(default)]
     pub requested_by: String,
+    /// Unix milliseconds until which an intent's call may still land at AWS (all its attempts,
+    /// timeouts and waits, plus clock skew). Reconciliation decides nothing about an intent
+    /// without an outcome before then. 0 in entries written before it existed.
+    #[serde(default)]
+    pub in_flight_until_ms: u64,
+}
+
+impl Entry {
+    /// Until when this intent's call may still land: its own bound, or — for entries written
+    /// before the bound was recorded — `at_ms` plus `longest_call`.
+    pub fn in_flight_until(&self, longest_call: std::time::Duration) -> u64 {
+        if self.in_flight_until_ms > 0 {
+            self.in_flight_until_ms
+        } else {
+            self.at_ms
+                .saturating_add(u64::try_from(longest_call.as_millis()).unwrap_or(u64::MAX))
+        }
+    }
+
+    /// The policy engine's step this journal step carries out.
+    pub fn policy_step(&self) -> autoheal_policy::Step {
+        match self.step {
+            Step::Deregister | Step::Drain => autoheal_policy::Step::Deregister,
+            Step::Replace | Step::Terminate => autoheal_policy::Step::Replace,
+            Step::Ssm => autoheal_policy::Step::Ssm,
+        }
+    }
 }

@@ -217,7 +217,7 @@ impl SendError {
 }
 
 /// A place notifications go.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Notifier: Send + Sync + fmt::Debug {
     /// Names the sink in logs ("slack", "sns", "eventbridge").
     fn name(&self) -> &'static str;

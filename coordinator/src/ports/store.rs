@@ -174,7 +174,7 @@ impl StoreError {
 
 /// Durable coordinator state. Every write is durable when it returns `Ok`; a write that fails
 /// may or may not have landed, and the caller must not act on it.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// Appends a journal entry, fenced by `entry.fencing_token`: fails with
     /// [`StoreError::Fenced`] (writing nothing) unless that token still holds the lease.

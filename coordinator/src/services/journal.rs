@@ -82,6 +82,26 @@ impl Journal {
             .cloned()
     }
 
+    /// The newest outcome (succeeded or failed) of an action carrying out the policy's `step` on
+    /// `instance`, written at or after `since_ms`.
+    pub fn outcome_since(
+        &self,
+        instance: &str,
+        step: autoheal_policy::Step,
+        since_ms: u64,
+    ) -> Option<Entry> {
+        self.lock()
+            .iter()
+            .rev()
+            .take_while(|e| e.at_ms >= since_ms)
+            .find(|e| {
+                e.instance_id == instance
+                    && e.policy_step() == step
+                    && matches!(e.phase, Phase::Succeeded | Phase::Failed)
+            })
+            .cloned()
+    }
+
     /// Intents that have no outcome: calls a crash may have interrupted.
     pub fn in_flight(&self) -> Vec<Entry> {
         let entries = self.lock();
@@ -116,6 +136,7 @@ mod tests {
             fencing_token: 0,
             at_ms,
             requested_by: String::new(),
+            in_flight_until_ms: 0,
         }
     }
 

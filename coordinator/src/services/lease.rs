@@ -16,6 +16,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::ports::aws::Fence;
 use crate::ports::store::Claim;
 use crate::ports::store::LeaseClaim;
 use crate::ports::store::LeaseRecord;
@@ -72,12 +73,35 @@ enum Command {
     Fenced { token: u64 },
 }
 
-/// What the rest of the coordinator holds: the published state, and a way to report a fenced
-/// write so the lease steps down at once rather than at its next renew.
+/// What the rest of the coordinator holds: the published state, a [`LeaseFence`] for AWS
+/// calls, and a way to report a fenced write so the lease steps down at once rather than at its
+/// next renew.
 #[derive(Debug, Clone)]
 pub struct LeaseHandle {
     state: watch::Receiver<LeaderState>,
+    act_until: watch::Receiver<Option<(u64, Instant)>>,
     commands: mpsc::Sender<Command>,
+}
+
+/// The fence of one term: until when (monotonic) the holder of `token` may act. Each renew moves
+/// the deadline on; a renew that fails, a lease that lapsed (a process frozen past it), a lost
+/// lease or the lease task's end take it away.
+#[derive(Debug, Clone)]
+pub struct LeaseFence {
+    token: u64,
+    act_until: watch::Receiver<Option<(u64, Instant)>>,
+}
+
+impl Fence for LeaseFence {
+    fn act_deadline(&self) -> Option<Instant> {
+        if self.act_until.has_changed().is_err() {
+            return None;
+        }
+        match *self.act_until.borrow() {
+            Some((token, until)) if token == self.token && Instant::now() < until => Some(until),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Command {
@@ -106,6 +130,14 @@ impl LeaseHandle {
         self.state.clone()
     }
 
+    /// The fence destructive AWS calls of the term with `token` check before every attempt.
+    pub fn fence(&self, token: u64) -> LeaseFence {
+        LeaseFence {
+            token,
+            act_until: self.act_until.clone(),
+        }
+    }
+
     /// Tells the lease that a write with `token` was fenced: if that is its token, it steps down
     /// now.
     pub async fn report_fenced(&self, token: u64) {
@@ -121,6 +153,7 @@ pub struct Lease {
     settings: LeaseSettings,
     clock: SharedClock,
     state: watch::Sender<LeaderState>,
+    act_until: watch::Sender<Option<(u64, Instant)>>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -143,6 +176,7 @@ impl Lease {
         let (state_tx, state_rx) = watch::channel(LeaderState::Follower {
             leader_endpoint: None,
         });
+        let (act_until_tx, act_until_rx) = watch::channel(None);
         let (commands_tx, commands_rx) = mpsc::channel(8);
         Ok((
             Self {
@@ -150,10 +184,12 @@ impl Lease {
                 settings,
                 clock,
                 state: state_tx,
+                act_until: act_until_tx,
                 commands: commands_rx,
             },
             LeaseHandle {
                 state: state_rx,
+                act_until: act_until_rx,
                 commands: commands_tx,
             },
         ))
@@ -178,6 +214,7 @@ impl Lease {
                     if held.as_ref().is_some_and(|(l, _)| l.fencing_token == token) {
                         tracing::warn!(token, "a write was fenced; stepping down");
                         held = None;
+                        self.act_until.send_replace(None);
                         self.publish(LeaderState::Follower { leader_endpoint: None });
                     }
                     continue;
@@ -191,7 +228,12 @@ impl Lease {
             if held.is_none() {
                 held = self.claim().await;
             }
+            let act_until = held
+                .as_ref()
+                .map(|(lease, until)| (lease.fencing_token, *until - self.skew()));
+            self.act_until.send_replace(act_until);
         }
+        self.act_until.send_replace(None);
         if let Some((lease, _)) = held {
             self.publish(LeaderState::Follower {
                 leader_endpoint: None,
@@ -306,6 +348,12 @@ impl Lease {
                 None
             }
         }
+    }
+
+    /// How much earlier than the lease's own end (as this replica measures it) it stops acting:
+    /// room for the clocks of the replica that takes over, which judges expiry by wall time.
+    fn skew(&self) -> Duration {
+        self.settings.ttl / 5
     }
 
     fn publish(&self, state: LeaderState) {

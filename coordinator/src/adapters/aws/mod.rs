@@ -9,9 +9,8 @@ pub mod sdk;
 use std::{fmt, future::Future, time::Duration};
 
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
-use rand::Rng as _;
 
-use crate::ports::aws::AwsError;
+use crate::ports::aws::{AwsError, Fence, Unfenced};
 
 /// Where and how to reach AWS.
 #[derive(Debug, Clone)]
@@ -129,20 +128,33 @@ where
     }
 }
 
-/// Full-jitter exponential backoff: a random wait in [0, min(cap, base * 2^attempt)].
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(cap);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=millis))
-}
-
 /// Runs `call` until it succeeds, fails with an error retrying can't fix, or runs out of
-/// attempts; each attempt bounded by the settings' call timeout.
+/// attempts; each attempt bounded by the settings' call timeout. For reads: no fence.
 pub async fn retry<T, E, R, F, Fut>(
     settings: &AwsSettings,
     operation: &'static str,
+    call: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: HttpStatus + fmt::Debug,
+{
+    retry_fenced(settings, operation, &Unfenced, call).await
+}
+
+/// An attempt is not sent with less time than this left before the fence's deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// [`retry`] for a destructive call: before every attempt (the first and each retry) the fence
+/// is asked how long this coordinator may still act; with no deadline, or too little time
+/// left, nothing is sent. Each attempt's timeout ends by that deadline, so no attempt of a
+/// leader outlives what it knows of its lease.
+pub async fn retry_fenced<T, E, R, F, Fut>(
+    settings: &AwsSettings,
+    operation: &'static str,
+    fence: &dyn Fence,
     mut call: F,
 ) -> Result<T, AwsError>
 where
@@ -153,8 +165,31 @@ where
 {
     let mut attempt = 0;
     loop {
+        let now = tokio::time::Instant::now();
+        let left = fence
+            .act_deadline()
+            .map(|deadline| deadline.saturating_duration_since(now))
+            .filter(|left| *left >= MIN_ATTEMPT);
+        let Some(left) = left else {
+            crate::metrics::global().aws_call(operation, "fenced");
+            tracing::warn!(
+                operation,
+                attempt,
+                "not sending: this coordinator may no longer lead"
+            );
+            return Err(AwsError {
+                operation,
+                message: "not sent: this coordinator may no longer lead (lease lapsed or lost)"
+                    .to_owned(),
+                code: None,
+                retryable: false,
+                attempts: attempt,
+                fenced: true,
+            });
+        };
         attempt += 1;
-        let outcome = tokio::time::timeout(settings.call_timeout, call()).await;
+        let timeout = settings.call_timeout.min(left);
+        let outcome = tokio::time::timeout(timeout, call()).await;
         let (message, code, retryable) = match outcome {
             Ok(Ok(value)) => {
                 crate::metrics::global().aws_call(operation, "ok");
@@ -165,11 +200,7 @@ where
                 let (message, code) = describe(&error);
                 (message, code, retryable)
             }
-            Err(_) => (
-                format!("no answer within {:?}", settings.call_timeout),
-                None,
-                true,
-            ),
+            Err(_) => (format!("no answer within {timeout:?}"), None, true),
         };
         if !retryable || attempt >= settings.max_attempts {
             crate::metrics::global().aws_call(operation, "failed");
@@ -179,12 +210,22 @@ where
                 code,
                 retryable,
                 attempts: attempt,
+                fenced: false,
             });
         }
         crate::metrics::global().aws_call(operation, "retried");
-        let wait = backoff(attempt, settings.base_backoff, settings.max_backoff);
+        let wait =
+            autoheal_common::backoff::random(attempt, settings.base_backoff, settings.max_backoff);
         tracing::warn!(operation, attempt, error = %message, ?wait, "AWS call failed; retrying");
         tokio::time::sleep(wait).await;
+    }
+}
+
+impl AwsSettings {
+    /// The longest a call may take, all attempts and waits included: after this, a call that
+    /// was in flight when its coordinator died can no longer land (with `skew` for clocks).
+    pub fn longest_call(&self, skew: Duration) -> Duration {
+        (self.call_timeout + self.max_backoff) * self.max_attempts + skew
     }
 }
 
@@ -214,19 +255,56 @@ pub fn remediation_script(units: &[String]) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        for attempt in 0..30 {
-            assert!(backoff(attempt, base, cap) <= cap);
+    /// A fence whose deadline is set by the test.
+    struct TestFence(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+    impl Fence for TestFence {
+        fn act_deadline(&self) -> Option<tokio::time::Instant> {
+            *self.0.lock().expect("lock")
         }
-        let samples: std::collections::BTreeSet<_> =
-            (0..50).map(|_| backoff(5, base, cap)).collect();
-        assert!(
-            samples.len() > 10,
-            "full jitter spreads retries: {samples:?}"
-        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_call_is_not_sent_and_a_lapsing_lease_stops_retries() {
+        use aws_sdk_autoscaling::{
+            config::http::HttpResponse, error::SdkError,
+            operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsError as E,
+        };
+        let settings = AwsSettings {
+            max_attempts: 5,
+            call_timeout: Duration::from_secs(1),
+            base_backoff: Duration::from_millis(400),
+            max_backoff: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let sent = std::sync::atomic::AtomicU32::new(0);
+        let call = || {
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                // Slower than any attempt's timeout: each attempt ends at its deadline.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Err::<(), _>(SdkError::<E, HttpResponse>::timeout_error("slow"))
+            }
+        };
+        // Not leading: nothing is sent at all.
+        let none = TestFence(std::sync::Mutex::new(None));
+        let e = retry_fenced(&settings, "FenceTestCall", &none, call)
+            .await
+            .expect_err("fenced");
+        assert!(e.fenced && !e.retryable);
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A lease that lapses 1.5 s from now: one full attempt, then not enough time for a
+        // second (whose wait alone ends past the deadline).
+        let lapsing = TestFence(std::sync::Mutex::new(Some(
+            tokio::time::Instant::now() + Duration::from_millis(1500),
+        )));
+        let e = retry_fenced(&settings, "FenceTestCall", &lapsing, call)
+            .await
+            .expect_err("fenced");
+        assert!(e.fenced, "{e}");
+        let attempts = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=2).contains(&attempts), "{attempts} attempts");
+        assert!(tokio::time::Instant::now() <= lapsing.act_deadline().expect("set") + MIN_ATTEMPT);
     }
 
     #[test]

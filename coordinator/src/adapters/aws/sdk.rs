@@ -8,16 +8,16 @@ use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 
 use crate::adapters::aws::AwsSettings;
-use crate::adapters::aws::retry;
+use crate::adapters::aws::{retry, retry_fenced};
 use crate::model::inventory::CommandStatus;
 use crate::model::inventory::Group;
 use crate::model::inventory::Member;
 use crate::model::inventory::Selector;
-use crate::model::inventory::Target;
-use crate::ports::aws::AwsError;
+use crate::model::inventory::{AsgHealth, Lifecycle, Target, TargetState};
 use crate::ports::aws::LoadBalancer;
 use crate::ports::aws::RemoteCommand;
 use crate::ports::aws::ScalingGroups;
+use crate::ports::aws::{AwsError, Fence};
 
 /// SDK clients for every service the coordinator calls, sharing one configuration.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ impl Clients {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl ScalingGroups for Clients {
     async fn groups(&self, selector: &Selector) -> Result<Vec<Group>, AwsError> {
         let mut groups = Vec::new();
@@ -104,11 +104,14 @@ impl ScalingGroups for Clients {
                         .map(|i| Member {
                             instance_id: i.instance_id().unwrap_or_default().to_owned(),
                             availability_zone: i.availability_zone().unwrap_or_default().to_owned(),
-                            lifecycle: i
-                                .lifecycle_state()
-                                .map(|l| l.as_str().to_owned())
-                                .unwrap_or_default(),
-                            health: i.health_status().unwrap_or_default().to_owned(),
+                            lifecycle: Lifecycle::from_aws(
+                                i.lifecycle_state().map_or("", |l| l.as_str()),
+                            ),
+                            health: if i.health_status() == Some("Unhealthy") {
+                                AsgHealth::Unhealthy
+                            } else {
+                                AsgHealth::Healthy
+                            },
                             protected: i.protected_from_scale_in().unwrap_or(false),
                         })
                         .collect(),
@@ -121,23 +124,34 @@ impl ScalingGroups for Clients {
         }
     }
 
-    async fn mark_unhealthy(&self, instance_id: &str, respect_grace: bool) -> Result<(), AwsError> {
-        retry(&self.settings, "autoscaling:SetInstanceHealth", || {
-            self.autoscaling
-                .set_instance_health()
-                .instance_id(instance_id)
-                .health_status("Unhealthy")
-                .should_respect_grace_period(respect_grace)
-                .send()
-        })
+    async fn mark_unhealthy(
+        &self,
+        instance_id: &str,
+        respect_grace: bool,
+        fence: &dyn Fence,
+    ) -> Result<(), AwsError> {
+        retry_fenced(
+            &self.settings,
+            "autoscaling:SetInstanceHealth",
+            fence,
+            || {
+                self.autoscaling
+                    .set_instance_health()
+                    .instance_id(instance_id)
+                    .health_status("Unhealthy")
+                    .should_respect_grace_period(respect_grace)
+                    .send()
+            },
+        )
         .await
         .map(|_| ())
     }
 
-    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
-        retry(
+    async fn terminate(&self, instance_id: &str, fence: &dyn Fence) -> Result<(), AwsError> {
+        retry_fenced(
             &self.settings,
             "autoscaling:TerminateInstanceInAutoScalingGroup",
+            fence,
             || {
                 self.autoscaling
                     .terminate_instance_in_auto_scaling_group()
@@ -151,7 +165,7 @@ impl ScalingGroups for Clients {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl LoadBalancer for Clients {
     async fn target_health(&self, target_group: &str) -> Result<Vec<Target>, AwsError> {
         let out = retry(
@@ -175,8 +189,7 @@ impl LoadBalancer for Clients {
                     instance_id: id,
                     state: health
                         .and_then(|h| h.state())
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
+                        .map_or(TargetState::Unavailable, target_state),
                     reason: health
                         .and_then(|h| h.reason())
                         .map(|r| r.as_str().to_owned())
@@ -209,10 +222,16 @@ impl LoadBalancer for Clients {
         Ok(Duration::from_secs(seconds))
     }
 
-    async fn deregister(&self, target_group: &str, instance_id: &str) -> Result<(), AwsError> {
-        retry(
+    async fn deregister(
+        &self,
+        target_group: &str,
+        instance_id: &str,
+        fence: &dyn Fence,
+    ) -> Result<(), AwsError> {
+        retry_fenced(
             &self.settings,
             "elasticloadbalancing:DeregisterTargets",
+            fence,
             || {
                 self.elb
                     .deregister_targets()
@@ -226,15 +245,16 @@ impl LoadBalancer for Clients {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl RemoteCommand for Clients {
     async fn run(
         &self,
         instance_id: &str,
         commands: &[String],
         comment: &str,
+        fence: &dyn Fence,
     ) -> Result<String, AwsError> {
-        let out = retry(&self.settings, "ssm:SendCommand", || {
+        let out = retry_fenced(&self.settings, "ssm:SendCommand", fence, || {
             self.ssm
                 .send_command()
                 .instance_ids(instance_id)
@@ -254,6 +274,7 @@ impl RemoteCommand for Clients {
                 code: None,
                 retryable: false,
                 attempts: 1,
+                fenced: false,
             })
     }
 
@@ -280,5 +301,18 @@ impl RemoteCommand for Clients {
                 output,
             },
         })
+    }
+}
+
+/// The load balancer's target state, typed where it enters.
+fn target_state(s: &aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum) -> TargetState {
+    use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum as S;
+    match s {
+        S::Initial => TargetState::Initial,
+        S::Healthy => TargetState::Healthy,
+        S::Unhealthy | S::UnhealthyDraining => TargetState::Unhealthy,
+        S::Draining => TargetState::Draining,
+        S::Unused => TargetState::Unused,
+        _ => TargetState::Unavailable,
     }
 }

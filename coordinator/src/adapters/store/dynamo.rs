@@ -311,7 +311,7 @@ impl DynamoStore {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Store for DynamoStore {
     async fn append_journal(&self, entry: &Entry) -> Result<(), StoreError> {
         self.guard(entry.fencing_token).await?;
@@ -620,6 +620,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
             code: None,
             retryable: false,
             attempts: 0,
+            fenced: false,
         })
     };
     let attribute = |name: &str| {
@@ -663,6 +664,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
                 code: None,
                 retryable: false,
                 attempts: 0,
+                fenced: false,
             })
         })?;
     retry(&settings, "dynamodb:UpdateTimeToLive", || {

@@ -198,9 +198,9 @@ impl Config {
         let has_aws = raw.aws.is_some();
         let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
-        let enroll = raw.enroll.map(|e| {
-            enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors)
-        });
+        let enroll = raw
+            .enroll
+            .map(|e| enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors));
         // Always built: the webhook environment variable alone can turn Slack on.
         let notify = crate::services::notify::NotifyConfig::from_raw(
             raw.notify.unwrap_or_default(),

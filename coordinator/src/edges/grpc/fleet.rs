@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{PeerInfo, convert::service_state_to_wire};
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
+use crate::model::inventory::AsgHealth;
 use crate::model::report::ServiceState;
 use crate::services::fleet::Fleet;
 use crate::services::fleet::InstanceFilter;
@@ -325,13 +326,17 @@ impl FleetService for FleetApi {
                 .iter()
                 .map(|t| v1::TargetHealth {
                     target_group_arn: t.target_group.clone(),
-                    state: t.state.clone(),
+                    state: t.state.to_string(),
                     reason: t.reason.clone(),
                 })
                 .collect(),
             asg: r.asg_member.as_ref().map(|m| v1::AsgView {
-                lifecycle_state: m.lifecycle.clone(),
-                health_status: m.health.clone(),
+                lifecycle_state: m.lifecycle.to_string(),
+                health_status: match m.health {
+                    AsgHealth::Healthy => "Healthy",
+                    AsgHealth::Unhealthy => "Unhealthy",
+                }
+                .to_owned(),
                 protected_from_scale_in: m.protected,
             }),
             actions: self

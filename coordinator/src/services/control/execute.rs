@@ -11,6 +11,7 @@ use crate::model::inventory::CommandStatus;
 use crate::model::journal::Entry;
 use crate::model::journal::Phase;
 use crate::model::journal::Step;
+use crate::ports::aws::Fence;
 use crate::ports::store::StoreError;
 use crate::services::lease::LeaderState;
 
@@ -60,6 +61,7 @@ impl Controller {
             fencing_token: self.token.unwrap_or_default(),
             at_ms: now_ms(),
             requested_by: String::new(),
+            in_flight_until_ms: now_ms().saturating_add(millis(self.settings.in_flight)),
         };
         if self.token.is_none() {
             return policy::Outcome::Failed {
@@ -84,7 +86,8 @@ impl Controller {
             EventKind::ActionStarted,
             format!("{}: {}", step.as_str(), d.reason),
         );
-        let result = self.call(&instance, action, &key).await;
+        let fence = self.lease.fence(intent.fencing_token);
+        let result = self.call(&instance, action, &key, &fence).await;
         fault_point("crash-after-call", step);
         let (phase, detail, outcome) = match result {
             Ok((detail, outcome)) => (Phase::Succeeded, detail, outcome),
@@ -118,13 +121,14 @@ impl Controller {
         instance: &str,
         action: &policy::Action,
         key: &str,
+        fence: &dyn Fence,
     ) -> Result<(String, policy::Outcome), String> {
         match action {
             policy::Action::Deregister { target_groups } => {
                 for tg in target_groups {
                     self.hands
                         .lb
-                        .deregister(tg.as_str(), instance)
+                        .deregister(tg.as_str(), instance, fence)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -147,13 +151,13 @@ impl Controller {
                     ReplaceWith::SetInstanceHealth => self
                         .hands
                         .groups
-                        .mark_unhealthy(instance, self.settings.respect_grace)
+                        .mark_unhealthy(instance, self.settings.respect_grace, fence)
                         .await
                         .map_err(|e| e.to_string())?,
                     ReplaceWith::Terminate => self
                         .hands
                         .groups
-                        .terminate(instance)
+                        .terminate(instance, fence)
                         .await
                         .map_err(|e| e.to_string())?,
                 }
@@ -173,7 +177,7 @@ impl Controller {
                 let command = self
                     .hands
                     .commands
-                    .run(instance, &script, &format!("autoheal {key}"))
+                    .run(instance, &script, &format!("autoheal {key}"), fence)
                     .await
                     .map_err(|e| e.to_string())?;
                 self.pending_commands
@@ -259,6 +263,7 @@ impl Controller {
             fencing_token: token,
             at_ms: now_ms(),
             requested_by: by.to_owned(),
+            in_flight_until_ms: now_ms().saturating_add(millis(self.settings.in_flight)),
         };
         self.record(&entry)
             .await
@@ -272,8 +277,9 @@ impl Controller {
             return Ok(entry);
         }
         let mut failure = None;
+        let fence = self.lease.fence(token);
         for tg in &target_groups {
-            if let Err(e) = self.hands.lb.deregister(tg, instance).await {
+            if let Err(e) = self.hands.lb.deregister(tg, instance, &fence).await {
                 failure = Some(e.to_string());
                 break;
             }
@@ -400,4 +406,8 @@ pub(super) fn done_outcome(action: &policy::Action) -> policy::Outcome {
         policy::Action::Replace => policy::Outcome::ReplaceRequested,
         policy::Action::SsmRemediate => policy::Outcome::SsmSent,
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

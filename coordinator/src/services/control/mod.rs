@@ -102,6 +102,9 @@ pub struct Settings {
     pub interval: Duration,
     pub replace_with: ReplaceWith,
     pub respect_grace: bool,
+    /// The longest one AWS call may take with all its attempts and waits, plus clock skew:
+    /// an intent without outcome is "possibly in flight" this long after it was written.
+    pub in_flight: Duration,
 }
 
 #[derive(Debug)]

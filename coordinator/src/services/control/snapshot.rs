@@ -95,33 +95,18 @@ pub(super) fn instance_view(r: &InstanceRecord, now: SystemTime) -> Option<polic
             .iter()
             .map(|t| policy::TargetView {
                 target_group: policy::TargetGroup::new(t.target_group.clone()),
-                state: target_state(&t.state),
+                state: t.state,
                 reason: (!t.reason.is_empty()).then(|| t.reason.clone()),
                 since: ts(t.since),
             })
             .collect(),
         asg_instance: Some(policy::AsgInstance {
-            lifecycle: policy::Lifecycle::from_aws(&member.lifecycle),
-            health: if member.health == "Unhealthy" {
-                policy::AsgHealth::Unhealthy
-            } else {
-                policy::AsgHealth::Healthy
-            },
+            lifecycle: member.lifecycle.clone(),
+            health: member.health,
             protected: member.protected,
         }),
         skipped: r.skipped,
         // Filled in by the controller from verdict flips.
         health_changes: Vec::new(),
     })
-}
-
-pub(super) fn target_state(s: &str) -> policy::TargetState {
-    match s {
-        "initial" => policy::TargetState::Initial,
-        "healthy" => policy::TargetState::Healthy,
-        "unhealthy" => policy::TargetState::Unhealthy,
-        "draining" => policy::TargetState::Draining,
-        "unused" => policy::TargetState::Unused,
-        _ => policy::TargetState::Unavailable,
-    }
 }

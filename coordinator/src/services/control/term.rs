@@ -66,8 +66,11 @@ impl Controller {
                 continue;
             }
             if !self.reconciled {
-                self.reconcile().await;
-                self.reconciled = true;
+                self.reconciled = self.reconcile().await;
+                if !self.reconciled {
+                    // Nothing new is decided while an earlier call may still land.
+                    continue;
+                }
             }
             self.pass().await;
         }
@@ -276,6 +279,7 @@ impl Controller {
                 fencing_token: self.token.unwrap_or_default(),
                 at_ms: now_ms(),
                 requested_by: String::new(),
+                in_flight_until_ms: 0,
             });
         }
         None

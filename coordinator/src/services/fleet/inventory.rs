@@ -55,7 +55,7 @@ impl Fleet {
                         .map_or(now, |old| old.since);
                     fresh.push(TargetRecord {
                         target_group: tg.clone(),
-                        state: target.state.clone(),
+                        state: target.state,
                         reason: target.reason.clone(),
                         since,
                     });

@@ -86,7 +86,7 @@ pub struct InstanceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetRecord {
     pub target_group: String,
-    pub state: String,
+    pub state: crate::model::inventory::TargetState,
     pub reason: String,
     /// Since when the state has been what it is.
     pub since: SystemTime,

@@ -275,7 +275,7 @@ async fn deliver(
             return false;
         }
         let wait =
-            crate::adapters::aws::backoff(attempt, settings.base_backoff, settings.max_backoff);
+            autoheal_common::backoff::random(attempt, settings.base_backoff, settings.max_backoff);
         tracing::warn!(sink = sink.name(), attempt, error = %error, ?wait, "notification failed; retrying");
         tokio::select! {
             biased;

@@ -55,7 +55,7 @@ impl Recorder {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Notifier for Recorder {
     fn name(&self) -> &'static str {
         "recorder"

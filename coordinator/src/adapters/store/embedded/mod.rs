@@ -189,7 +189,7 @@ impl EmbeddedStore {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn append_journal(&self, entry: &Entry) -> Result<(), StoreError> {
         let entry = entry.clone();

@@ -24,6 +24,7 @@ fn entry(key: &str, instance: &str, token: u64, at_ms: u64) -> Entry {
         fencing_token: token,
         at_ms,
         requested_by: String::new(),
+        in_flight_until_ms: 0,
     }
 }
 
