@@ -1,7 +1,8 @@
 //! `autohealctl ui` in a real browser: a coordinator on moto with three simulated agents, the
 //! real `autohealctl ui` process with a viewer certificate, and Debian's chromium driven by
 //! `playwright-core` (`tests/ui/fleet.spec.mjs`, run with node). The script asserts what the page
-//! shows and asks this test, one line at a time, to change the world under it.
+//! shows and asks this test, one line at a time, to change the world under it: escalate an agent,
+//! fail a shared dependency, kill the coordinator, start it again.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -53,7 +54,7 @@ async fn start_ui(coordinator: &Coordinator, pki: &Pki) -> (tokio::process::Chil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_view_shows_the_fleet_a_remediation_a_brake_and_a_lost_coordinator() {
+async fn fleet_view_shows_the_fleet_a_remediation_a_brake_and_a_lost_coordinator_and_reconnects() {
     assert!(
         std::path::Path::new(CHROMIUM).exists()
             && ui_dir().join("node_modules/playwright-core").exists(),
@@ -86,14 +87,15 @@ asg_cooldown = "0s"
 "#,
         endpoint = moto.endpoint(),
     );
-    let mut coordinator = Some(Coordinator::start_with(&pki, &extra, &free_addr(), AWS_ENV));
-    let addr = coordinator.as_ref().expect("running").addr;
+    // A fixed port, so the restarted coordinator is found where the view looks.
+    let mut coordinator = Coordinator::start_with(&pki, &extra, &free_addr(), AWS_ENV);
+    let addr = coordinator.addr;
     let agents: Vec<SimAgent> = fleet
         .instances
         .iter()
         .map(|(id, az)| SimAgent::spawn(addr, pki.instance(id), id, az))
         .collect();
-    let (_ui, url) = start_ui(coordinator.as_ref().expect("running"), &pki).await;
+    let (_ui, url) = start_ui(&coordinator, &pki).await;
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet-view.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -127,7 +129,11 @@ asg_cooldown = "0s"
                         agent.dependency_failing(DEPENDENCY);
                     }
                 }
-                "need stop" => drop(coordinator.take()),
+                "need stop" => {
+                    let _ = coordinator.child.kill();
+                    let _ = coordinator.child.wait();
+                }
+                "need restart" => coordinator.restart(),
                 _ => continue,
             }
             stdin.write_all(b"go\n").await.expect("write to the script");
@@ -137,10 +143,7 @@ asg_cooldown = "0s"
         .await
         .unwrap_or_else(|_| panic!("the browser run took over {RUN:?}: {said:?}"));
     let status = script.wait().await.expect("script exit");
-    let log = coordinator
-        .as_ref()
-        .map(Coordinator::log)
-        .unwrap_or_default();
+    let log = coordinator.log();
     assert!(status.success(), "fleet.spec.mjs failed: {said:?}\n{log}");
     for step in [
         "ok fleet",
@@ -148,6 +151,7 @@ asg_cooldown = "0s"
         "ok remediation",
         "ok brake",
         "ok banner",
+        "ok reconnected",
     ] {
         assert!(
             said.iter().any(|l| l.starts_with(step)),

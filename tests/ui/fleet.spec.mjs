@@ -80,6 +80,19 @@ try {
   const banner = await page.textContent('#banner');
   if (!/unreachable/i.test(banner)) throw new Error(`banner says: ${banner}`);
   console.log(`ok banner ${banner.trim()}`);
+
+  // The same coordinator, started again: the view finds it by itself, without a reload.
+  await need('restart');
+  await page.waitForSelector('#banner[hidden]', { state: 'attached', timeout: STEP_MS });
+  const before = await page.evaluate(() => document.querySelectorAll('#events li').length);
+  // Its agents connect again, and those events arrive on the same page.
+  await page.waitForFunction((n) => [...document.querySelectorAll('#events li[data-kind="agent-connected"]')].length > n,
+    await page.evaluate(() => document.querySelectorAll('#events li[data-kind="agent-connected"]').length),
+    { timeout: STEP_MS });
+  await page.waitForFunction(() => document.querySelectorAll('#instances tbody tr[data-instance]').length >= 3,
+    null, { timeout: STEP_MS });
+  if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
+  console.log(`ok reconnected (${before} events before, live: ${await page.textContent('#live')})`);
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
 } catch (e) {
   failed = true;

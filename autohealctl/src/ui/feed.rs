@@ -1,10 +1,15 @@
-//! The web view's one `WatchEvents` stream: [`Watcher`] keeps it open (resuming after the last
-//! cursor, reconnecting with backoff), says whether the coordinator can be reached, and hands
-//! both to every open page through [`Feed`], which also keeps the last events for a page that
-//! has just opened.
+//! The web view's one `WatchEvents` stream: [`Watcher`] keeps it open (reconnecting with
+//! backoff), says whether the coordinator can be reached, and hands both to every open page
+//! through [`Feed`], which also keeps the last events for a page that has just opened.
+//!
+//! Cursors are the coordinator process's own and start again at 1 when it restarts (or another
+//! replica takes over), so after a lost connection the watcher reads the whole retained log again
+//! (`after = 0`) and the feed drops the events it has already seen; pages get the feed's own
+//! sequence numbers, which never go back.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
+    hash::{Hash as _, Hasher as _},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -18,6 +23,9 @@ use crate::{client, tables};
 
 /// Events a page gets when it opens: enough for the timelines of a small fleet's last minutes.
 const RECENT: usize = 500;
+/// Events remembered as seen, to drop them when a re-read log replays them: more than the
+/// coordinator retains (10 000).
+const SEEN: usize = 20_000;
 
 /// Whether the coordinator answers, as the page's banner shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,7 +42,8 @@ pub struct Link {
 #[derive(Debug, Clone)]
 pub enum Frame {
     Link(Link),
-    /// A fleet event: its cursor and its JSON (as `autohealctl events -o json` prints it).
+    /// A fleet event: the feed's sequence number and the event's JSON (as `autohealctl events
+    /// -o json` prints it).
     Event(u64, Arc<str>),
 }
 
@@ -42,13 +51,16 @@ pub enum Frame {
 struct State {
     link: Link,
     recent: VecDeque<(u64, Arc<str>)>,
+    next_seq: u64,
+    seen: HashSet<u64>,
+    seen_order: VecDeque<u64>,
 }
 
 /// What a page gets when it opens its event stream.
 #[derive(Debug)]
 pub struct Subscription {
     pub link: Link,
-    /// Kept events after the page's cursor: (cursor, JSON).
+    /// Kept events after the page's sequence number: (sequence, JSON).
     pub backlog: Vec<(u64, Arc<str>)>,
     pub live: broadcast::Receiver<Frame>,
 }
@@ -56,6 +68,8 @@ pub struct Subscription {
 /// What the watcher publishes: cheap to clone, one per server.
 #[derive(Debug, Clone)]
 pub struct Feed {
+    /// Tells this process's sequence numbers from another's (a page outlives a restart).
+    pub epoch: u64,
     frames: broadcast::Sender<Frame>,
     state: Arc<Mutex<State>>,
 }
@@ -70,6 +84,7 @@ impl Feed {
     pub fn new(endpoint: &str) -> Self {
         let (frames, _) = broadcast::channel(1024);
         Self {
+            epoch: now_ms(),
             frames,
             state: Arc::new(Mutex::new(State {
                 link: Link {
@@ -79,6 +94,9 @@ impl Feed {
                     endpoint: endpoint.to_owned(),
                 },
                 recent: VecDeque::new(),
+                next_seq: 1,
+                seen: HashSet::new(),
+                seen_order: VecDeque::new(),
             })),
         }
     }
@@ -125,15 +143,41 @@ impl Feed {
         let _ = self.frames.send(Frame::Link(state.link.clone()));
     }
 
-    fn push(&self, event: &v1::FleetEvent) {
-        let json: Arc<str> = tables::event_json(event).to_string().into();
+    /// Publishes `event` unless it was seen before; says whether it was new.
+    fn push(&self, event: &v1::FleetEvent) -> bool {
+        let key = identity(event);
         let mut state = self.lock();
+        if !state.seen.insert(key) {
+            return false;
+        }
+        state.seen_order.push_back(key);
+        if state.seen_order.len() > SEEN
+            && let Some(old) = state.seen_order.pop_front()
+        {
+            state.seen.remove(&old);
+        }
+        let json: Arc<str> = tables::event_json(event).to_string().into();
+        let seq = state.next_seq;
+        state.next_seq += 1;
         if state.recent.len() == RECENT {
             state.recent.pop_front();
         }
-        state.recent.push_back((event.cursor, json.clone()));
-        let _ = self.frames.send(Frame::Event(event.cursor, json));
+        state.recent.push_back((seq, json.clone()));
+        let _ = self.frames.send(Frame::Event(seq, json));
+        true
     }
+}
+
+/// What makes an event the same one when a log is read again: its cursor alone is not (a
+/// restarted coordinator counts from 1 again), its cursor, time and content are.
+fn identity(e: &v1::FleetEvent) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.cursor.hash(&mut h);
+    e.at.map(|t| (t.seconds, t.nanos)).hash(&mut h);
+    e.instance_id.hash(&mut h);
+    e.kind.hash(&mut h);
+    e.message.hash(&mut h);
+    h.finish()
 }
 
 /// Keeps one `WatchEvents` stream open for all pages.
@@ -150,11 +194,17 @@ impl Watcher {
         let mut after = 0u64;
         let mut attempt = 0u32;
         loop {
-            let why = tokio::select! {
+            let (why, resume) = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                why = self.watch(&mut after, &mut attempt) => why,
+                ended = self.watch(after, &mut attempt) => ended,
             };
+            // Only a stream that fell behind resumes after its cursor: any other end may mean
+            // another coordinator process, whose cursors started again.
+            after = resume.unwrap_or(0);
+            if resume.is_some() {
+                continue;
+            }
             self.feed.set_link(false, why);
             let wait = autoheal_common::backoff::random(
                 attempt,
@@ -170,30 +220,31 @@ impl Watcher {
         }
     }
 
-    /// One stream, until it ends; says why it ended.
-    async fn watch(&mut self, after: &mut u64, attempt: &mut u32) -> String {
+    /// One stream, until it ends; says why it ended, and the cursor to resume after when the
+    /// same stream can go on (it fell behind).
+    async fn watch(&mut self, after: u64, attempt: &mut u32) -> (String, Option<u64>) {
         let request = v1::WatchEventsRequest {
-            after: *after,
+            after,
             instance_id: String::new(),
         };
         let mut stream = match self.api.watch_events(request).await {
             Ok(r) => r.into_inner(),
-            Err(status) => return self.explain(&status).await,
+            Err(status) => return (self.explain(&status).await, None),
         };
         self.feed.set_link(true, String::new());
         *attempt = 0;
+        let mut last = after;
         loop {
             match stream.message().await {
                 Ok(Some(event)) => {
-                    *after = (*after).max(event.cursor);
+                    last = last.max(event.cursor);
                     self.feed.push(&event);
                 }
-                Ok(None) => return "the coordinator ended the event stream".into(),
-                // Fell behind: resume after the last cursor we have (the stream said which).
+                Ok(None) => return ("the coordinator ended the event stream".into(), None),
                 Err(status) if status.code() == tonic::Code::DataLoss => {
-                    return status.message().to_owned();
+                    return (status.message().to_owned(), Some(last));
                 }
-                Err(status) => return self.explain(&status).await,
+                Err(status) => return (self.explain(&status).await, None),
             }
         }
     }
@@ -250,6 +301,27 @@ mod tests {
         // The same link state again tells nobody.
         feed.set_link(true, String::new());
         assert!(live.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_replayed_log_is_dropped_and_a_restarted_coordinators_events_are_not() {
+        let feed = Feed::new("x:1");
+        assert!(feed.push(&event(1)));
+        assert!(feed.push(&event(2)));
+        // The same process's log, read again after a lost connection.
+        assert!(!feed.push(&event(1)));
+        assert!(!feed.push(&event(2)));
+        // A new process: cursor 1 again, but another event.
+        let mut again = event(1);
+        again.message = "agent sim connected".into();
+        assert!(feed.push(&again));
+        let seqs: Vec<u64> = feed
+            .subscribe(None)
+            .backlog
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3], "the feed's own numbers never go back");
     }
 
     #[test]

@@ -264,20 +264,23 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         },
         Route::Events { after } => {
             // The browser's EventSource resumes with the id of the last event it got.
+            // Ids are "<epoch>-<sequence>": one from before this process restarted resumes nothing.
             let resume = req
                 .headers()
                 .get("last-event-id")
                 .and_then(|h| h.to_str().ok())
-                .and_then(|s| s.parse().ok());
+                .and_then(|s| s.split_once('-'))
+                .filter(|(epoch, _)| epoch.parse::<u64>().ok() == Some(ctx.feed.epoch))
+                .and_then(|(_, seq)| seq.parse().ok());
             events(ctx, after.or(resume))
         }
     }
 }
 
-fn sse_event(name: &str, id: Option<u64>, data: &str) -> Bytes {
+fn sse_event(name: &str, id: Option<(u64, u64)>, data: &str) -> Bytes {
     let mut s = String::with_capacity(data.len() + 32);
-    if let Some(id) = id {
-        s.push_str(&format!("id: {id}\n"));
+    if let Some((epoch, seq)) = id {
+        s.push_str(&format!("id: {epoch}-{seq}\n"));
     }
     s.push_str(&format!("event: {name}\n"));
     for line in data.lines() {
@@ -307,6 +310,7 @@ fn events(ctx: &Ctx, after: Option<u64>) -> Response<Body> {
         mut live,
     } = ctx.feed.subscribe(after);
     let shutdown = ctx.shutdown.clone();
+    let epoch = ctx.feed.epoch;
     tokio::spawn(async move {
         let send = |bytes: Bytes| {
             let tx = tx.clone();
@@ -314,8 +318,8 @@ fn events(ctx: &Ctx, after: Option<u64>) -> Response<Body> {
         };
         let mut ok =
             send(Bytes::from_static(b"retry: 1000\n\n")).await && send(link_frame(&link)).await;
-        for (cursor, json) in backlog {
-            ok = ok && send(sse_event("fleet", Some(cursor), &json)).await;
+        for (seq, json) in backlog {
+            ok = ok && send(sse_event("fleet", Some((epoch, seq)), &json)).await;
         }
         let mut tick = tokio::time::interval(KEEP_ALIVE);
         tick.tick().await;
@@ -326,7 +330,7 @@ fn events(ctx: &Ctx, after: Option<u64>) -> Response<Body> {
                 _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 frame = live.recv() => match frame {
                     Ok(Frame::Link(link)) => link_frame(&link),
-                    Ok(Frame::Event(cursor, json)) => sse_event("fleet", Some(cursor), &json),
+                    Ok(Frame::Event(seq, json)) => sse_event("fleet", Some((epoch, seq)), &json),
                     // This page fell behind: it re-reads the fleet instead of missing events.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         sse_event("resync", None, "{}")
@@ -348,8 +352,8 @@ mod tests {
     #[test]
     fn server_sent_events_put_each_line_of_data_on_its_own_data_field() {
         assert_eq!(
-            sse_event("fleet", Some(7), "{\"a\":1}"),
-            Bytes::from_static(b"id: 7\nevent: fleet\ndata: {\"a\":1}\n\n")
+            sse_event("fleet", Some((5, 7)), "{\"a\":1}"),
+            Bytes::from_static(b"id: 5-7\nevent: fleet\ndata: {\"a\":1}\n\n")
         );
         assert_eq!(
             sse_event("link", None, "x\ny"),

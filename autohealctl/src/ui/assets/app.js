@@ -17,7 +17,7 @@ const state = {
   details: new Map(), // id -> instance detail
   actions: new Map(), // action id -> action
   events: [], // fleet events, oldest first
-  seen: new Set(), // cursors
+  seen: new Set(), // event ids (the ui server's)
   link: { reachable: false, error: 'connecting' },
   pageUp: true,
   selected: null,
@@ -344,19 +344,43 @@ function renderRemediations() {
   document.getElementById('no-remediations').hidden = rows.length > 0;
 }
 
+// A cooldown as a guardrail's reason states it: "<what> ... ended 3s ago; cooldown 30m".
+function cooldownLeft(reason, saidAt) {
+  const m = /(\S+) ago;\s*cooldown ([0-9a-z.]+)/.exec(reason);
+  if (!m) return null;
+  const elapsed = parseDuration(m[1]);
+  const cooldown = parseDuration(m[2]);
+  if (elapsed === null || cooldown === null) return null;
+  const since = saidAt === null ? 0 : Date.now() - saidAt;
+  return cooldown - elapsed - since;
+}
+
 function renderCooldowns() {
   const items = [];
   for (const g of allGuardrails()) {
     if (!/cooldown/.test(g.name)) continue;
-    const m = /ended (\S+) ago; cooldown (\S+)/.exec(g.reason) || /ago.*?(\S+) ago; cooldown (\S+)/.exec(g.reason);
-    let left = '';
-    if (m) {
-      const elapsed = parseDuration(m[1]);
-      const cooldown = parseDuration(m[2]);
-      if (elapsed !== null && cooldown !== null) left = `${human(cooldown - elapsed)} left · `;
-    }
+    const left = cooldownLeft(g.reason, null);
     items.push(el('li', { 'data-kind': g.name }, el('span', { class: 'state', text: g.name }),
-      ` ${groupName(g.asg)}: ${left}`, g.reason));
+      ` ${groupName(g.asg)}: ${left !== null ? `${human(left)} left · ` : ''}`, g.reason));
+  }
+  // Per instance: the last hold that names a cooldown, counted down from when it was said.
+  const last = new Map();
+  for (const e of state.events) {
+    if (e.kind === 'guardrail' && /cooldown: /.test(e.message)) last.set(e.instance_id, e);
+    else if (['decision', 'action', 'remediation-finished'].includes(e.kind)) last.delete(e.instance_id);
+  }
+  const said = new Set();
+  for (const e of last.values()) {
+    for (const part of e.message.split('; ').join(';').split(/;(?=[a-z ]+cooldown: )/)) {
+      const m = /((?:instance|asg) cooldown): (.*)/.exec(part);
+      if (!m) continue;
+      const left = cooldownLeft(m[2], ms(e.at));
+      if (left === null || left <= 0 || said.has(`${e.instance_id} ${m[1]}`)) continue;
+      said.add(`${e.instance_id} ${m[1]}`);
+      items.push(el('li', { 'data-kind': m[1].replace(' ', '_'), 'data-instance': e.instance_id },
+        el('span', { class: 'state', text: m[1] }), ` ${e.instance_id}: ${human(left)} left · `,
+        (/^.*? ago;\s*cooldown [0-9a-z.]+/.exec(m[2]) || [m[2]])[0].replace(/;(?=\S)/, '; ')));
+    }
   }
   if (items.length === 0) items.push(el('li', { class: 'empty', text: 'no cooldown running' }));
   replace('cooldowns', items);
@@ -415,8 +439,9 @@ function renderDetail() {
   const entries = [];
   const cursors = new Set();
   for (const e of [...d.recent_events, ...state.events.filter((x) => x.instance_id === id)]) {
-    if (cursors.has(e.cursor)) continue;
-    cursors.add(e.cursor);
+    const key = `${e.cursor}|${e.at}|${e.kind}|${e.message}`;
+    if (cursors.has(key)) continue;
+    cursors.add(key);
     entries.push({ at: e.at, what: e.kind, why: e.message });
   }
   for (const a of d.actions) {
@@ -516,13 +541,15 @@ function connect() {
     if (back) loadAll();
   });
   source.addEventListener('fleet', (m) => {
+    // Ids are the ui server's own (a restarted coordinator's cursors start again at 1).
+    if (state.seen.has(m.lastEventId)) return;
     const e = JSON.parse(m.data);
-    if (state.seen.has(e.cursor)) return;
-    state.seen.add(e.cursor);
+    e.id = m.lastEventId;
+    state.seen.add(e.id);
     state.events.push(e);
     if (state.events.length > KEEP_EVENTS) {
       const gone = state.events.splice(0, state.events.length - KEEP_EVENTS);
-      for (const g of gone) state.seen.delete(g.cursor);
+      for (const g of gone) state.seen.delete(g.id);
     }
     schedule(e.instance_id);
   });
