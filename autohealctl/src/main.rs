@@ -125,6 +125,11 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
     },
+    /// Instances that enrolled themselves: status, when, certificate expiry.
+    Enrollments,
+    /// Resets (lets enroll again) or denies (for good) an instance's enrollment. Operators only.
+    #[command(subcommand)]
+    Enroll(Enroll),
     /// Development PKI.
     #[command(subcommand)]
     Certs(Certs),
@@ -137,6 +142,22 @@ enum WhatIfAction {
     Deregister,
     Replace,
     RemoteRestart,
+}
+
+#[derive(Subcommand, Debug)]
+enum Enroll {
+    /// Forgets ID's enrollment: its next valid identity document may enroll again.
+    Reset {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refuses ID for good, as for a terminated instance.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +192,101 @@ enum Certs {
         #[arg(long)]
         san: Vec<String>,
     },
+}
+
+/// `enrollments` and `enroll reset|deny`: the coordinator's `EnrollmentAdmin` on the same port.
+async fn enrollments(
+    endpoint: &str,
+    files: &TlsFiles,
+    command: Command,
+    output: Output,
+) -> Result<ExitCode, tonic::Status> {
+    use v1::enrollment_admin_client::EnrollmentAdminClient;
+    let channel = files
+        .load()
+        .ok()
+        .and_then(|m| autoheal_common::tls::client_config(m).ok())
+        .and_then(|c| {
+            autoheal_common::tls::channel(
+                endpoint,
+                std::sync::Arc::new(c),
+                std::time::Duration::from_secs(5),
+            )
+            .ok()
+        })
+        .ok_or_else(|| tonic::Status::invalid_argument("cannot load the client certificate"))?;
+    let mut admin = EnrollmentAdminClient::new(channel);
+    let when = |ts: Option<&prost_types::Timestamp>| {
+        ts.filter(|t| t.seconds > 0)
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let records = match command {
+        Command::Enroll(Enroll::Reset { id, reason }) => vec![
+            admin
+                .reset_enrollment(v1::EnrollmentRequest {
+                    instance_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner(),
+        ],
+        Command::Enroll(Enroll::Deny { id, reason }) => vec![
+            admin
+                .deny_enrollment(v1::EnrollmentRequest {
+                    instance_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner(),
+        ],
+        _ => {
+            admin
+                .list_enrollments(v1::ListEnrollmentsRequest {})
+                .await?
+                .into_inner()
+                .enrollments
+        }
+    };
+    if output == Output::Json {
+        print_json(&serde_json::Value::Array(
+            records
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "instance_id": e.instance_id,
+                        "status": e.status,
+                        "enrolled_at": when(e.enrolled_at.as_ref()),
+                        "certificate_expires_at": when(e.certificate_expires_at.as_ref()),
+                        "pending_time": e.pending_time,
+                        "account_id": e.account_id,
+                        "region": e.region,
+                        "reason": e.reason,
+                    })
+                })
+                .collect(),
+        ));
+    } else {
+        println!(
+            "{:<22} {:<11} {:<21} {:<21} REASON",
+            "INSTANCE", "STATUS", "ENROLLED", "CERT EXPIRES"
+        );
+        for e in &records {
+            println!(
+                "{:<22} {:<11} {:<21} {:<21} {}",
+                e.instance_id,
+                e.status,
+                when(e.enrolled_at.as_ref()),
+                when(e.certificate_expires_at.as_ref()),
+                e.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -277,7 +393,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             autohealctl::ui::serve(options, endpoint, files, api, shutdown).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        match call(&mut api, cli.command, cli.output).await {
+        let outcome = match cli.command {
+            command @ (Command::Enrollments | Command::Enroll(_)) => {
+                enrollments(&endpoint, &files, command, cli.output).await
+            }
+            command => call(&mut api, command, cli.output).await,
+        };
+        match outcome {
             Ok(code) => Ok(code),
             Err(status) => {
                 let tls = if matches!(
@@ -501,7 +623,11 @@ async fn call(
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Certs(_) | Command::Completions { .. } | Command::Ui { .. } => {
+        Command::Certs(_)
+        | Command::Completions { .. }
+        | Command::Ui { .. }
+        | Command::Enrollments
+        | Command::Enroll(_) => {
             unreachable!("handled before connecting")
         }
     }

@@ -11,6 +11,7 @@ mod agent_reporter;
 mod aws;
 mod chaos;
 mod demo;
+mod enroll;
 mod ha;
 mod metrics;
 mod notify;

@@ -186,8 +186,8 @@ pub(super) fn enroll_config(
         raw.lifetime.as_deref(),
         Duration::from_secs(3600),
     );
-    if lifetime > MAX_LIFETIME || lifetime < Duration::from_secs(60) {
-        errors.push("enroll.lifetime", "must be between 1m and 24h");
+    if lifetime > MAX_LIFETIME || lifetime < Duration::from_secs(10) {
+        errors.push("enroll.lifetime", "must be between 10s and 24h");
     }
     let max_pending_age = errors.duration(
         "enroll.max_pending_age",

@@ -189,7 +189,7 @@ impl Authority {
         Identity::instance(&self.trust_domain, instance_id).map(|i| i.to_string())
     }
 
-    /// Signs `csr`'s key for `instance_id`, valid from a minute ago (clock skew) to
+    /// Signs `csr`'s key for `instance_id`, valid from a little before `now` (clock skew) to
     /// `now + lifetime`.
     pub fn issue(
         &self,
@@ -207,8 +207,10 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.is_ca = IsCa::ExplicitNoCa;
-        let now_odt = time::OffsetDateTime::from(now);
-        params.not_before = now_odt - time::Duration::minutes(1);
+        // Backdated for clock skew, by a tenth of the lifetime at most, so the agent's
+        // "half the lifetime" stays near half of what it was given.
+        let backdate = (lifetime / 10).min(std::time::Duration::from_secs(60));
+        params.not_before = time::OffsetDateTime::from(now - backdate);
         let not_after = now + lifetime;
         params.not_after = time::OffsetDateTime::from(not_after);
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
