@@ -470,6 +470,30 @@ mod tests {
     }
 
     #[test]
+    fn openssl_stream_ber_like_imds_serves_parses_and_verifies() {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let document = include_bytes!("testdata/document");
+        let served = include_bytes!("testdata/rsa2048");
+        let signer = CertificateDer::from_pem_slice(include_bytes!("testdata/signer.pem"))
+            .expect("signer")
+            .to_vec();
+        let der = decode(served).expect("base64");
+        assert_eq!(
+            &der[..2],
+            &[0x30, 0x80],
+            "indefinite-length BER, as AWS sends"
+        );
+        let signed = SignedData::parse(&der).expect("parses");
+        assert_eq!(signed.content.as_deref(), Some(&document[..]));
+        signed
+            .verify(document, &[signer.clone()])
+            .expect("verifies");
+        let mut other = document.to_vec();
+        other[10] ^= 1;
+        assert_eq!(signed.verify(&other, &[signer]), Err(Pkcs7Error::Digest));
+    }
+
+    #[test]
     fn garbage_is_refused_not_panicked_on() {
         for bytes in [
             &b""[..],
