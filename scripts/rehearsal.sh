@@ -22,7 +22,9 @@
 #    instance in moto; uninstall (config and TLS kept, demo-web untouched).
 #
 # --config FILE rehearses FILE instead of the rendered config (e.g. an old shipped one, to see
-# what the rehearsal catches). Exits non-zero when any check fails. --keep leaves the work dir.
+# what the rehearsal catches). --standalone: the tasks say they belong to no ECS service (as with
+# `aws ecs run-task`), so a coordinator can't tell from ECS that it has siblings. Exits non-zero
+# when any check fails. --keep leaves the work dir.
 # SC2317: functions run from traps and wait_for; SC2015: `check && pass || fail` is meant.
 # shellcheck disable=SC2317,SC2015
 set -uo pipefail
@@ -36,10 +38,12 @@ cd "$repo" || exit 2
 here=$repo/scripts/rehearsal
 config_file=
 keep=false
+service=autoheal-Service-rehearsal
 while [ $# -gt 0 ]; do
   case $1 in
     --config) config_file=$(realpath "$2"); shift 2 ;;
     --keep) keep=true; shift ;;
+    --standalone) service=; shift ;;
     -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "rehearsal: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -147,7 +151,7 @@ az=$(jq -r '.instances[0].availability_zone' "$work/fleet.json")
 tg=$(jq -r '.target_group' "$work/fleet.json")
 pass "moto: table $(jq -r .TableName <("$venv/bin/python" packaging/render.py table)) from the template, ASG web (3) behind $(basename "$tg"), the container is $iid"
 md_port=$(free_port)
-python3 "$here/ecs_metadata.py" --listen "10.99.0.1:$md_port" --service autoheal-Service-rehearsal a=10.99.0.2 b=10.99.0.3 &
+python3 "$here/ecs_metadata.py" --listen "10.99.0.1:$md_port" --service "$service" a=10.99.0.2 b=10.99.0.3 &
 pids+=($!)
 
 # --- PKI: a coordinator certificate for both task IPs, an agent one for the instance ------------
@@ -345,6 +349,12 @@ else
   tail -20 "$work/boot.log"
   die "the container did not boot"
 fi
+# The agent's last N log lines (JSON), as "LEVEL message detail; ...".
+agent_log() {
+  in_ct journalctl -u autoheal-agent.service -n "${1:-3}" -o cat --no-pager |
+    jq -Rr 'fromjson? // {fields: {message: .}} | "\(.level // "") \(.fields.message) \(.fields.error // .fields.detail // .fields.reason // "")"' |
+    cut -c1-200 | paste -sd ';' -
+}
 as_agent() { in_ct setpriv --reuid=autoheal --regid=autoheal --init-groups -- "$@"; }
 prop() { in_ct systemctl show -P "$2" "$1"; }
 
@@ -365,7 +375,7 @@ if wait_for 10 agent_up; then
     fail "the agent runs as '$user' with CapEff $caps"
   fi
 else
-  fail "autoheal-agent.service is not running: $(in_ct journalctl -u autoheal-agent -n 5 -o cat | tr '\n' ' ')"
+  fail "autoheal-agent.service is not running: $(agent_log 5)"
 fi
 connected_to() { # IP: the replica at IP says our instance's agent is connected
   [ "$(ctl "$1" --output json instance "$iid" 2>/dev/null | jq -r '.summary.connected // .connected')" = true ]
@@ -373,7 +383,7 @@ connected_to() { # IP: the replica at IP says our instance's agent is connected
 if [ -n "$leader" ] && wait_for 20 connected_to "$(ip_of "$leader")"; then
   pass "the agent, pointed at the follower $(ip_of "$follower"), followed the Redirect: connected to the leader $(ip_of "$leader")"
 else
-  fail "the agent is not connected to a leader (pointed at $(ip_of "${follower:-a}")): $(in_ct journalctl -u autoheal-agent -n 3 -o cat | cut -c1-300 | tr '\n' ' ')"
+  fail "the agent is not connected to a leader (pointed at $(ip_of "${follower:-a}")): $(agent_log 3)"
 fi
 
 phase "healing through polkit"
@@ -385,7 +395,7 @@ restarted() { web_up && [ "$(prop demo-web.service InvocationID)" != "$inv" ]; }
 if wait_for 20 restarted; then
   pass "demo-web.service SIGKILLed: the agent restarted it (systemctl restart as autoheal, allowed by the polkit rule)"
 else
-  fail "demo-web.service was not restarted after SIGKILL: $(in_ct journalctl -u autoheal-agent -n 5 -o cat | cut -c1-300 | tr '\n' ' ')"
+  fail "demo-web.service was not restarted after SIGKILL: $(agent_log 5)"
 fi
 refused() { # what: as the agent's user, this systemctl call must be refused
   local out
@@ -487,7 +497,7 @@ escalated() { ctl "$(ip_of "$leader")" --output json instance "$iid" 2>/dev/null
 if [ -n "$leader" ] && wait_for 40 escalated; then
   pass "the agent escalated after its restarts failed; the leader shows $iid escalated"
 else
-  fail "no escalation seen by the leader: $(in_ct journalctl -u autoheal-agent -n 4 -o cat | cut -c1-200 | tr '\n' ' ')"
+  fail "no escalation seen by the leader: $(agent_log 4)"
 fi
 query() { python3 tests/fixtures/moto_query.py --endpoint "$moto" --target-group "$tg" --asg web; }
 deregistered() { ! query | jq -e --arg i "$iid" '.targets[] | select(.id == $i and .state != "draining")' >/dev/null; }

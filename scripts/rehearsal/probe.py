@@ -97,7 +97,7 @@ else:
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 try:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
-    report("SystemCallFilter=~@resources", False, "setrlimit succeeded")
+    report("SystemCallFilter=~@resources", False, "setrlimit succeeded: glibc calls prlimit64, which is in @default, not @resources (so on any host, not only in nspawn)")
 except OSError as e:
     report("SystemCallFilter=~@resources", e.errno == errno.EPERM, errno.errorcode.get(e.errno, ""))
 
