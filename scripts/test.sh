@@ -34,6 +34,9 @@ cargo build --workspace --bins
 step "packaging gates (systemd, SSM package, IAM, CloudFormation, image)"
 packaging/check.sh
 
+step "rehearsal: the shipped stack run as shipped (two coordinator tasks on moto, the agent package under systemd-nspawn)"
+scripts/rehearsal.sh
+
 step "shellcheck (scripts)"
 shellcheck scripts/*.sh .ci/run
 
