@@ -123,6 +123,10 @@ lease_ttl=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1]
 pass_interval=1
 
 # --- network: one namespace per task, a bridge standing in for the VPC ---------------------------
+# Leftovers of a run that was killed before its cleanup.
+ip netns del ahr-a 2>/dev/null
+ip netns del ahr-b 2>/dev/null
+ip link del ahr0 2>/dev/null
 ip link add ahr0 type bridge && ip addr add 10.99.0.1/24 dev ahr0 && ip link set ahr0 up || die "bridge ahr0"
 for t in a b; do
   ip=10.99.0.$([ $t = a ] && echo 2 || echo 3)
