@@ -616,3 +616,89 @@ async fn an_enrolled_agent_restarted_keeps_its_identity() {
     );
     stop.cancel();
 }
+
+/// Trust on first use rests on this: of two writers expecting the same version, one wins; a
+/// record survives a reopen. Both backends.
+async fn enrollment_writes_are_conditional(
+    store: std::sync::Arc<dyn autoheal_coordinator::ports::store::Store>,
+) {
+    use autoheal_coordinator::model::enrollment::{Enrollment, EnrollmentStatus};
+    let record = |version: u64, status: EnrollmentStatus| Enrollment {
+        instance_id: "i-0123456789abcdef0".into(),
+        status,
+        pending_time: "2026-12-01T10:00:00Z".into(),
+        account_id: imds::ACCOUNT.into(),
+        region: imds::REGION.into(),
+        enrolled_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        certificate_expires_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_003_600),
+        reason: String::new(),
+        key_sha256: "ab".repeat(32),
+        version,
+    };
+    let first = record(1, EnrollmentStatus::Enrolled);
+    assert!(store.put_enrollment(&first, None).await.expect("write"));
+    assert!(
+        store.put_enrollment(&first, None).await.expect("write"),
+        "a retry of a write that landed is a success"
+    );
+    let rival = Enrollment {
+        key_sha256: "cd".repeat(32),
+        ..first.clone()
+    };
+    assert!(
+        !store.put_enrollment(&rival, None).await.expect("write"),
+        "a second first enrollment loses"
+    );
+    let reset = record(2, EnrollmentStatus::Reset);
+    assert!(store.put_enrollment(&reset, Some(1)).await.expect("write"));
+    assert!(
+        !store
+            .put_enrollment(&record(2, EnrollmentStatus::Denied), Some(1))
+            .await
+            .expect("write"),
+        "a stale version loses"
+    );
+    assert_eq!(
+        store.enrollment(&first.instance_id).await.expect("read"),
+        Some(reset.clone())
+    );
+    assert_eq!(store.enrollments().await.expect("list"), vec![reset]);
+    assert_eq!(store.enrollment("i-other").await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn enrollment_records_are_conditional_writes_in_the_embedded_store() {
+    use autoheal_coordinator::adapters::store::EmbeddedStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    enrollment_writes_are_conditional(store.clone()).await;
+    drop(store);
+    let reopened = EmbeddedStore::open(dir.path()).expect("reopen");
+    use autoheal_coordinator::ports::store::Store as _;
+    assert_eq!(reopened.enrollments().await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn enrollment_records_are_conditional_writes_in_dynamodb() {
+    use autoheal_coordinator::adapters::store::{
+        DynamoStore, aws_sdk_dynamodb as ddb, create_table,
+    };
+    let moto = Moto::start();
+    let config = ddb::Config::builder()
+        .behavior_version(ddb::config::BehaviorVersion::latest())
+        .region(ddb::config::Region::new(imds::REGION))
+        .credentials_provider(ddb::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(moto.endpoint())
+        .build();
+    let client = ddb::Client::from_conf(config);
+    create_table(&client, "enroll-state").await.expect("table");
+    let store = DynamoStore::new(
+        client,
+        "enroll-state",
+        autoheal_coordinator::adapters::aws::AwsSettings::default(),
+        autoheal_coordinator::ports::store::system_clock(),
+    );
+    enrollment_writes_are_conditional(std::sync::Arc::new(store)).await;
+}

@@ -63,6 +63,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::model::enrollment::Enrollment;
+use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
@@ -227,7 +228,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn enrollment(&self, instance_id: &str) -> Result<Option<Enrollment>, StoreError>;
     /// Writes `record` only if the stored record's version is `expected` (`None`: there is no
     /// record yet); otherwise writes nothing and returns `Ok(false)`. A conditional write, so two
-    /// coordinators (or two requests) can't both enroll one instance.
+    /// coordinators (or two requests) can't both enroll one instance. When the store already
+    /// holds exactly `record` (a retried write whose first answer was lost), that is `Ok(true)`.
     async fn put_enrollment(
         &self,
         record: &Enrollment,

@@ -18,6 +18,7 @@ use std::{
 };
 
 use crate::model::enrollment::Enrollment;
+use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
@@ -363,11 +364,11 @@ impl Store for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let enrollment = record.clone();
         self.write(move |state| {
-            let current = state
-                .enrollments
-                .get(&enrollment.instance_id)
-                .map(|e| e.version);
-            if current != expected {
+            let stored = state.enrollments.get(&enrollment.instance_id);
+            if stored == Some(&enrollment) {
+                return Ok((None, true));
+            }
+            if stored.map(|e| e.version) != expected {
                 return Ok((None, false));
             }
             Ok((Some(Record::Enrollment { enrollment }), true))
