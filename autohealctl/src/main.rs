@@ -385,11 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_remote,
             };
             let shutdown = tokio_util::sync::CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                stop.cancel();
-            });
+            autohealctl::ui::stop_on_signal(shutdown.clone());
             autohealctl::ui::serve(options, endpoint, files, api, shutdown).await?;
             return Ok(ExitCode::SUCCESS);
         }

@@ -149,6 +149,7 @@ asg_cooldown = "0s"
         "ok fleet",
         "ok read-only",
         "ok remediation",
+        "ok timeline",
         "ok brake",
         "ok banner",
         "ok reconnected",

@@ -64,6 +64,16 @@ try {
   if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
   console.log(`ok remediation ${rung}`);
 
+  // Its incident timeline: fleet events and journal entries, each with its reason.
+  await page.click(`#instances tbody tr[data-instance="${ESCALATED}"]`);
+  await page.waitForFunction(() => {
+    const items = [...document.querySelectorAll('#detail .timeline li')].map((li) => li.textContent);
+    return items.some((t) => t.includes('escalated')) && items.some((t) => t.includes('journal: deregister'));
+  }, null, { timeout: STEP_MS });
+  const version = await page.textContent('#detail dl');
+  if (!version.includes('sim')) throw new Error(`no agent version in ${version}`);
+  console.log('ok timeline');
+
   await need('outage');
   await page.waitForFunction((dep) => [...document.querySelectorAll('#brakes li[data-kind="dependency_brake"]')]
     .some((li) => li.textContent.includes(dep)), DEPENDENCY, { timeout: STEP_MS });
@@ -82,17 +92,17 @@ try {
   console.log(`ok banner ${banner.trim()}`);
 
   // The same coordinator, started again: the view finds it by itself, without a reload.
+  const connects = () => document.querySelectorAll('#events li[data-kind="agent-connected"]').length;
+  const before = await page.evaluate(connects);
   await need('restart');
   await page.waitForSelector('#banner[hidden]', { state: 'attached', timeout: STEP_MS });
-  const before = await page.evaluate(() => document.querySelectorAll('#events li').length);
   // Its agents connect again, and those events arrive on the same page.
-  await page.waitForFunction((n) => [...document.querySelectorAll('#events li[data-kind="agent-connected"]')].length > n,
-    await page.evaluate(() => document.querySelectorAll('#events li[data-kind="agent-connected"]').length),
-    { timeout: STEP_MS });
+  await page.waitForFunction((n) => document.querySelectorAll('#events li[data-kind="agent-connected"]').length > n,
+    before, { timeout: STEP_MS });
   await page.waitForFunction(() => document.querySelectorAll('#instances tbody tr[data-instance]').length >= 3,
     null, { timeout: STEP_MS });
   if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
-  console.log(`ok reconnected (${before} events before, live: ${await page.textContent('#live')})`);
+  console.log(`ok reconnected (agent-connected events: ${before} before, ${await page.evaluate(connects)} now)`);
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
 } catch (e) {
   failed = true;

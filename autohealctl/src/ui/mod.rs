@@ -131,6 +131,25 @@ pub async fn serve(
     }
 }
 
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub fn stop_on_signal(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        shutdown.cancel();
+    });
+}
+
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed()
 }

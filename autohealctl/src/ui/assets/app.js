@@ -449,7 +449,7 @@ function renderDetail() {
   }
   entries.sort((x, y) => (ms(y.at) || 0) - (ms(x.at) || 0));
   const timeline = el('ol', { class: 'plain mono timeline' }, entries.map((e) => el('li', {},
-    el('span', { text: e.at }), el('span', { text: e.what }), el('span', { text: e.why }))));
+    el('span', { text: e.at }), el('span', { text: e.what }), el('span', { title: e.why, text: short(e.why, 240) }))));
   replace('detail', kv, el('h3', { text: 'timeline' }), timeline);
 }
 
