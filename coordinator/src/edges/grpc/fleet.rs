@@ -575,3 +575,77 @@ impl FleetService for FleetApi {
         Ok(self.answer(summary(&record)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+    use crate::adapters::store::EmbeddedStore;
+    use crate::ports::store::{Store, system_clock};
+    use crate::services::lease::{Lease, LeaseSettings};
+
+    fn api(store: Arc<dyn Store>, lease: crate::services::lease::LeaseHandle) -> FleetApi {
+        FleetApi {
+            fleet: Fleet::new("c1", true, Some(store.clone())).expect("fleet"),
+            journal: Arc::new(crate::services::journal::Journal::empty(store)),
+            control: None,
+            leadership: lease,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn answered_by<T>(response: &Response<T>) -> String {
+        response
+            .metadata()
+            .get(ANSWERED_BY)
+            .and_then(|v| v.to_str().ok())
+            .expect("autoheal-answered-by on every answer")
+            .to_owned()
+    }
+
+    /// A follower has no agents: its answers must say so, or an operator reads "all disconnected".
+    #[tokio::test]
+    async fn every_answer_says_whether_a_follower_or_the_leader_gave_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        let settings = LeaseSettings {
+            owner: "c1".into(),
+            endpoint: "10.0.1.5:7443".into(),
+            ttl: Duration::from_secs(3),
+            renew_interval: Duration::from_millis(200),
+        };
+        let (lease, handle) = Lease::new(store.clone(), settings, system_clock()).expect("lease");
+        let api = api(store, handle.clone());
+
+        // Before the lease runs: a follower that knows no leader yet.
+        let status = api
+            .get_fleet_status(Request::new(v1::GetFleetStatusRequest {}))
+            .await
+            .expect("status");
+        assert_eq!(answered_by(&status), "follower; leader=unknown");
+        let list = api
+            .list_instances(Request::new(v1::ListInstancesRequest::default()))
+            .await
+            .expect("list");
+        assert_eq!(answered_by(&list), "follower; leader=unknown");
+
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(lease.run(shutdown.clone()));
+        let mut watch = handle.watch();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            watch.wait_for(|s| s.token().is_some()),
+        )
+        .await
+        .expect("leads in time")
+        .expect("lease running");
+        let status = api
+            .get_fleet_status(Request::new(v1::GetFleetStatusRequest {}))
+            .await
+            .expect("status");
+        assert_eq!(answered_by(&status), "leader");
+        shutdown.cancel();
+        let _ = run.await;
+    }
+}
