@@ -23,6 +23,7 @@ use std::{
 };
 
 use autoheal_common::config::ConfigErrors;
+use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,6 +113,31 @@ impl EnrollConfig {
             out.insert(region, certs);
         }
         Ok(out)
+    }
+}
+
+impl EnrollConfig {
+    /// Problems that need the filesystem: the CA and the signer certificates.
+    pub fn check_files(&self, trust_domain: &TrustDomain, errors: &mut ConfigErrors) {
+        let chain = |e: &(dyn std::error::Error + 'static)| {
+            autoheal_common::error::DisplayChain(e).to_string()
+        };
+        if let Err(e) = crate::services::enroll::Authority::load(
+            &self.ca_cert,
+            &self.ca_key,
+            &self.trust_bundle,
+            trust_domain.clone(),
+        ) {
+            errors.push("enroll.ca_cert", chain(&e));
+        }
+        match self.load_signers() {
+            Err(e) => errors.push("enroll.signers", chain(&e)),
+            Ok(signers) if signers.is_empty() => errors.push(
+                "enroll.signers",
+                "no <region>.pem found: every enrollment would be refused (unknown-region)",
+            ),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -227,5 +253,56 @@ pub(super) fn enroll_config(
         nonce_ttl,
         requests_per_minute,
         burst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::edges::config::Config;
+
+    const BASE: &str = r#"
+        listen = "127.0.0.1:7443"
+        [tls]
+        ca = "pki/ca.pem"
+        cert = "pki/coordinator.pem"
+        key = "pki/coordinator-key.pem"
+        [aws]
+        asg_names = ["web"]
+    "#;
+
+    #[test]
+    fn defaults_are_an_hour_and_their_own_port() {
+        let text = format!(
+            "{BASE}\n[enroll]\nca_cert = \"ca.pem\"\nca_key = \"ca-key.pem\"\naccounts = [\"123456789012\"]\nsigners_dir = \"aws\"\n"
+        );
+        let c = Config::from_toml(&text, Path::new("/etc/autoheal")).expect("valid");
+        let e = c.enroll.expect("enroll");
+        assert_eq!(e.lifetime, std::time::Duration::from_secs(3600));
+        assert_eq!(e.listen.port(), 7444);
+        assert_eq!(e.trust_bundle, Path::new("/etc/autoheal/pki/ca.pem"));
+        assert_eq!(
+            e.signers_dir.as_deref(),
+            Some(Path::new("/etc/autoheal/aws"))
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let text = "listen = \"127.0.0.1:7443\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[enroll]\nlisten = \"127.0.0.1:7443\"\naccounts = [\"12\"]\nlifetime = \"48h\"\n";
+        let errors = Config::from_toml(text, Path::new(".")).expect_err("invalid");
+        let paths: Vec<&str> = errors.errors.iter().map(|e| e.path.as_str()).collect();
+        for path in [
+            "enroll",
+            "enroll.listen",
+            "enroll.ca_cert",
+            "enroll.ca_key",
+            "enroll.accounts[0]",
+            "enroll.signers",
+            "enroll.lifetime",
+        ] {
+            assert!(paths.contains(&path), "{path} in {errors}");
+        }
     }
 }

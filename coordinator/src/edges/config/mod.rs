@@ -16,6 +16,7 @@ use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 mod aws;
+pub mod enroll;
 pub mod ecs;
 pub mod enroll;
 mod policy;
@@ -198,6 +199,9 @@ impl Config {
         let has_aws = raw.aws.is_some();
         let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
+        let enroll = raw.enroll.map(|e| {
+            enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors)
+        });
         let enroll = raw
             .enroll
             .map(|e| enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors));
@@ -247,6 +251,9 @@ impl Config {
                     errors.push("tls", autoheal_common::error::DisplayChain(&e).to_string());
                 }
             }
+        }
+        if let Some(enroll) = &self.enroll {
+            enroll.check_files(&self.trust_domain, &mut errors);
         }
         errors
     }
