@@ -486,7 +486,7 @@ mod tests {
         let signed = SignedData::parse(&der).expect("parses");
         assert_eq!(signed.content.as_deref(), Some(&document[..]));
         signed
-            .verify(document, &[signer.clone()])
+            .verify(document, std::slice::from_ref(&signer))
             .expect("verifies");
         let mut other = document.to_vec();
         other[10] ^= 1;
