@@ -56,6 +56,10 @@ try {
   ]));
   if (codes.join() !== '405,404,404') throw new Error(`writes not refused: ${codes}`);
   console.log('ok read-only');
+  // Certificate expiry comes from EnrollmentAdmin, which a viewer may read; this coordinator has
+  // no [enroll], and the page says so instead of failing.
+  const enrollments = await page.evaluate(() => fetch('/api/enrollments').then((r) => r.json()));
+  if (enrollments.available !== false) throw new Error(`enrollments: ${JSON.stringify(enrollments)}`);
 
   await need('escalate');
   await page.waitForSelector(`#remediations tbody tr[data-instance="${ESCALATED}"]`, { timeout: STEP_MS });
@@ -72,6 +76,8 @@ try {
   }, null, { timeout: STEP_MS });
   const version = await page.textContent('#detail dl');
   if (!version.includes('sim')) throw new Error(`no agent version in ${version}`);
+  const cert = await page.textContent('#detail dd.cert');
+  if (!/enroll/.test(cert)) throw new Error(`certificate expiry says: ${cert}`);
   console.log('ok timeline');
 
   await need('outage');

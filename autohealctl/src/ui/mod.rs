@@ -4,8 +4,8 @@
 //! coordinator's port stays mTLS-only.
 //!
 //! Read-only by construction: the route table ([`route`]) maps GETs to the read RPCs
-//! (`GetFleetStatus`, `ListInstances`, `GetInstance`, `ListActions`, `WatchEvents`) and nothing
-//! else. The page is one HTML file, one script and one stylesheet embedded in the binary; it is
+//! (`GetFleetStatus`, `ListInstances`, `GetInstance`, `ListActions`, `WatchEvents`, and
+//! `EnrollmentAdmin.ListEnrollments` for certificate expiry) and nothing else. The page is one HTML file, one script and one stylesheet embedded in the binary; it is
 //! live through server-sent events fed by one `WatchEvents` stream ([`feed`]).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -24,6 +24,9 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
+
+use autoheal_proto::v1::enrollment_admin_client::EnrollmentAdminClient;
+use tonic::transport::Channel;
 
 use crate::{client, tables};
 
@@ -52,6 +55,7 @@ pub struct Options {
 #[derive(Debug)]
 struct Ctx {
     api: client::Client,
+    enrollments: EnrollmentAdminClient<Channel>,
     feed: Feed,
     local: SocketAddr,
     allow_remote: bool,
@@ -79,6 +83,17 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let local = listener.local_addr().context("listen address")?;
+    // EnrollmentAdmin on the same port, over a channel of its own (the fleet client keeps its).
+    let material = files
+        .load()
+        .with_context(|| format!("cannot load {}", files.cert.display()))?;
+    let tls_config = autoheal_common::tls::client_config(material).context("TLS client")?;
+    let enrollments = EnrollmentAdminClient::new(autoheal_common::tls::channel(
+        &endpoint,
+        Arc::new(tls_config),
+        Duration::from_secs(5),
+    )?)
+    .max_decoding_message_size(autoheal_proto::MAX_MESSAGE_BYTES);
     let feed = Feed::new(&endpoint);
     let watcher = Watcher {
         api: api.clone(),
@@ -89,6 +104,7 @@ pub async fn serve(
     tokio::spawn(watcher.run(shutdown.clone()));
     let ctx = Arc::new(Ctx {
         api,
+        enrollments,
         feed,
         local,
         allow_remote: options.allow_remote,
@@ -262,6 +278,27 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             Ok(r) => json(StatusCode::OK, &tables::instance_json(r.get_ref())),
             Err(status) => rpc_failed(&status, &ctx.feed),
         },
+        Route::Enrollments => {
+            let mut admin = ctx.enrollments.clone();
+            match admin.list_enrollments(v1::ListEnrollmentsRequest {}).await {
+                Ok(r) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "available": true,
+                        "enrollments": r.get_ref().enrollments.iter().map(enrollment_json).collect::<Vec<_>>(),
+                    }),
+                ),
+                // A coordinator without [enroll] serves no EnrollmentAdmin: nothing to show.
+                Err(status) if status.code() == tonic::Code::Unimplemented => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "available": false,
+                        "error": "this coordinator does not enroll instances ([enroll] is not configured)",
+                    }),
+                ),
+                Err(status) => rpc_failed(&status, &ctx.feed),
+            }
+        }
         Route::Actions { instance } => match api
             .list_actions(v1::ListActionsRequest {
                 instance_id: instance.unwrap_or_default(),
@@ -294,6 +331,25 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             events(ctx, after.or(resume))
         }
     }
+}
+
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn enrollment_json(e: &v1::Enrollment) -> serde_json::Value {
+    serde_json::json!({
+        "instance_id": e.instance_id,
+        "status": e.status,
+        "enrolled_at": rfc3339(e.enrolled_at.as_ref()),
+        "certificate_expires_at": rfc3339(e.certificate_expires_at.as_ref()),
+        "reason": e.reason,
+    })
 }
 
 fn sse_event(name: &str, id: Option<(u64, u64)>, data: &str) -> Bytes {

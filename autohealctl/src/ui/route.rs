@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-/// What a request asks for. Every variant is a read; nothing here maps to Pause, Resume, Drain
-/// or SetSkip, and no method but GET (and HEAD) reaches one.
+/// What a request asks for. Every variant is a read; nothing here maps to Pause, Resume, Drain,
+/// SetSkip, ResetEnrollment or DenyEnrollment, and no method but GET (and HEAD) reaches one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Page,
@@ -17,6 +17,8 @@ pub enum Route {
     Instances,
     /// `GetInstance`.
     Instance(String),
+    /// `EnrollmentAdmin.ListEnrollments` (viewers may call it): certificate expiry.
+    Enrollments,
     /// `ListActions`, optionally for one instance.
     Actions {
         instance: Option<String>,
@@ -62,6 +64,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Result<Route, Ref
         "/style.css" => Route::Style,
         "/api/status" => Route::Status,
         "/api/instances" => Route::Instances,
+        "/api/enrollments" => Route::Enrollments,
         "/api/actions" => Route::Actions {
             instance: match query_param(query, "instance") {
                 None | Some("") => None,
@@ -140,6 +143,10 @@ mod tests {
         assert_eq!(route("GET", "/api/status", None), Ok(Route::Status));
         assert_eq!(route("HEAD", "/api/instances", None), Ok(Route::Instances));
         assert_eq!(
+            route("GET", "/api/enrollments", None),
+            Ok(Route::Enrollments)
+        );
+        assert_eq!(
             route("GET", "/api/instance/i-0abc", None),
             Ok(Route::Instance("i-0abc".into()))
         );
@@ -168,6 +175,7 @@ mod tests {
                 "/api/instances",
                 "/api/instance/i-1",
                 "/api/events",
+                "/api/enrollments",
             ] {
                 assert_eq!(
                     route(method, path, None),
@@ -181,6 +189,8 @@ mod tests {
             "/api/resume",
             "/api/drain",
             "/api/skip",
+            "/api/enrollments/i-1/reset",
+            "/api/deny",
             "/api/instance/i-1/drain",
             "/api",
             "/favicon.ico",

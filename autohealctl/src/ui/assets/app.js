@@ -16,6 +16,8 @@ const state = {
   instances: new Map(), // id -> summary
   details: new Map(), // id -> instance detail
   actions: new Map(), // action id -> action
+  enrollments: new Map(), // instance id -> enrollment (certificate expiry)
+  enrollNote: 'loading', // why there is no enrollment to show
   events: [], // fleet events, oldest first
   seen: new Set(), // event ids (the ui server's)
   link: { reachable: false, error: 'connecting' },
@@ -407,6 +409,7 @@ function renderInstances() {
   }, el('td', { text: i.instance_id }), el('td', { text: groupName(i.asg) }), el('td', { text: i.availability_zone }),
   el('td', { class: `state ${i.state}`, text: i.connected ? i.state : `${i.state} (not connected)` }),
   el('td', { text: i.agent_version || '-' }), el('td', { text: i.last_heartbeat }),
+  el('td', { class: 'cert', text: state.enrollments.has(i.instance_id) ? certExpiry(i.instance_id) : '-' }),
   el('td', { text: (i.failing_dependencies || []).join(', ') })));
   document.querySelector('#instances tbody').replaceChildren(...rows);
 }
@@ -429,7 +432,7 @@ function renderDetail() {
   const kv = el('dl', { class: 'kv' },
     el('dt', { text: 'state' }), el('dd', { class: `state ${s.state}`, text: s.state }),
     el('dt', { text: 'agent version' }), el('dd', { text: s.agent_version || '-' }),
-    el('dt', { text: 'certificate expiry' }), el('dd', { text: 'not in the API' }),
+    el('dt', { text: 'certificate expiry' }), el('dd', { class: 'cert', text: certExpiry(id) }),
     el('dt', { text: 'asg / az' }), el('dd', { text: `${groupName(s.asg)} / ${s.availability_zone}` }),
     el('dt', { text: 'asg lifecycle' }), el('dd', { text: d.asg ? `${d.asg.lifecycle_state} / ${d.asg.health_status}` : '-' }),
     el('dt', { text: 'skipped' }), el('dd', { text: d.skipped ? 'yes: no automatic remediation' : 'no' }),
@@ -479,7 +482,27 @@ async function loadAll() {
   } catch (e) {
     console.warn('load failed', e);
   }
+  await refreshEnrollments();
   render();
+}
+
+// Certificate expiry comes from the coordinator's enrollment records (EnrollmentAdmin, which
+// viewers may read); instances whose certificates were issued elsewhere have none.
+async function refreshEnrollments() {
+  try {
+    const r = await getJSON('/api/enrollments');
+    state.enrollNote = r.available ? 'no enrollment record (certificate issued outside the coordinator)' : r.error;
+    state.enrollments = new Map((r.enrollments || []).map((e) => [e.instance_id, e]));
+  } catch (e) {
+    state.enrollNote = `enrollments unavailable: ${e.message}`;
+  }
+}
+
+function certExpiry(id) {
+  const e = state.enrollments.get(id);
+  if (!e || !e.certificate_expires_at) return state.enrollNote;
+  const left = (ms(e.certificate_expires_at) || 0) - Date.now();
+  return `${e.certificate_expires_at} (${left > 0 ? `in ${human(left)}` : 'EXPIRED'}; ${e.status})`;
 }
 
 async function refreshInstance(id) {
@@ -502,18 +525,22 @@ async function refreshStatus() {
 }
 
 // Coalesce bursts: one fetch per touched instance, and one status, per 150 ms.
-const pending = { instances: new Set(), status: false, timer: null };
-function schedule(instance) {
+const pending = { instances: new Set(), status: false, enrollments: false, timer: null };
+function schedule(instance, kind) {
   if (instance) pending.instances.add(instance);
+  // A new or renewed enrollment is followed by the agent connecting with it.
+  if (kind === 'agent-connected') pending.enrollments = true;
   pending.status = true;
   if (pending.timer) return;
   pending.timer = setTimeout(async () => {
     const ids = [...pending.instances];
-    const status = pending.status;
+    const { status, enrollments } = pending;
     pending.instances.clear();
     pending.status = false;
+    pending.enrollments = false;
     pending.timer = null;
-    await Promise.all([...ids.map(refreshInstance), status ? refreshStatus() : null]);
+    await Promise.all([...ids.map(refreshInstance), status ? refreshStatus() : null,
+      enrollments ? refreshEnrollments() : null]);
     render();
   }, 150);
 }
@@ -551,7 +578,7 @@ function connect() {
       const gone = state.events.splice(0, state.events.length - KEEP_EVENTS);
       for (const g of gone) state.seen.delete(g.id);
     }
-    schedule(e.instance_id);
+    schedule(e.instance_id, e.kind);
   });
   source.addEventListener('resync', () => loadAll());
   source.addEventListener('error', () => {
