@@ -424,6 +424,93 @@ fn events(ctx: &Ctx, after: Option<u64>) -> Response<Body> {
 mod tests {
     use super::*;
 
+    /// One HTTP/1.1 request over a fresh connection: (status code, the whole response).
+    async fn request(addr: SocketAddr, method: &str, path: &str, host: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.expect("read");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    }
+
+    /// The server itself, with no coordinator behind it: what it refuses needs none, and what
+    /// needs one says why it failed.
+    #[tokio::test]
+    async fn the_server_answers_reads_and_refuses_writes_foreign_hosts_and_unknown_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let td = autoheal_proto::identity::TrustDomain::new("ui.test").expect("trust domain");
+        crate::pki::init(dir.path(), &td, &[], &[], false).expect("pki");
+        let files = TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("viewer-readonly.pem"),
+            key: dir.path().join("viewer-readonly-key.pem"),
+        };
+        // Nobody listens there.
+        let endpoint = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let api = client::connect(&endpoint, &files).expect("client");
+        let shutdown = CancellationToken::new();
+        let options = Options {
+            listen: addr,
+            allow_remote: false,
+        };
+        let server = tokio::spawn(serve(options, endpoint, files, api, shutdown.clone()));
+        let host = addr.to_string();
+        let mut up = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(up, "the server did not start");
+
+        let (code, page) = request(addr, "GET", "/", &host).await;
+        assert_eq!(code, 200, "{page}");
+        assert!(
+            page.contains("content-security-policy: default-src 'none'"),
+            "{page}"
+        );
+        assert!(page.contains("<script src=\"/app.js\">"), "{page}");
+        assert_eq!(request(addr, "GET", "/app.js", &host).await.0, 200);
+        for (method, path, want) in [
+            ("POST", "/api/status", 405),
+            ("PUT", "/api/instance/i-1", 405),
+            ("DELETE", "/api/events", 405),
+            ("POST", "/api/pause", 404),
+            ("GET", "/api/drain", 404),
+            ("GET", "/api/instance/i-1/skip", 404),
+            ("GET", "/api/instance/a%20b", 400),
+        ] {
+            let (code, text) = request(addr, method, path, &host).await;
+            assert_eq!(code, want, "{method} {path}: {text}");
+        }
+        let (code, text) = request(addr, "GET", "/api/status", "rebound.example:80").await;
+        assert_eq!(code, 421, "a foreign Host is refused: {text}");
+        let (code, text) = request(addr, "GET", "/api/status", &host).await;
+        assert_eq!(code, 502, "{text}");
+        assert!(text.contains("cannot connect to"), "says why: {text}");
+
+        shutdown.cancel();
+        server.await.expect("joined").expect("served");
+    }
+
     #[test]
     fn server_sent_events_put_each_line_of_data_on_its_own_data_field() {
         assert_eq!(
