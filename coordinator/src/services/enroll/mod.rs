@@ -77,7 +77,12 @@ struct Inner {
     fleet: Fleet,
     clock: SharedClock,
     nonces: Mutex<HashMap<[u8; 32], tokio::time::Instant>>,
+    /// The managed groups' instance ids and when they were listed.
+    members: tokio::sync::Mutex<Option<(tokio::time::Instant, std::collections::HashSet<String>)>>,
 }
+
+/// How long one listing of the managed groups' members answers membership checks.
+const MEMBERS_TTL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Enroller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +116,7 @@ impl Enroller {
                 fleet,
                 clock,
                 nonces: Mutex::new(HashMap::new()),
+                members: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -468,17 +474,33 @@ impl Enroller {
         }
     }
 
+    /// Membership from one `DescribeAutoScalingGroups` shared by every enrollment within
+    /// [`MEMBERS_TTL`]: a thousand instances enrolling together cost one listing, not a thousand.
+    /// A group lists an instance from its launch on, long before its agent can enroll.
     async fn check_group(&self, instance_id: &str) -> Result<(), Refusal> {
-        let groups = self
-            .inner
-            .groups
-            .groups(&self.inner.settings.selector)
-            .await
-            .map_err(|e| unavailable("DescribeAutoScalingGroups", &e))?;
-        if groups
-            .iter()
-            .any(|g| g.instances.iter().any(|m| m.instance_id == instance_id))
-        {
+        let mut members = self.inner.members.lock().await;
+        let now = self.inner.clock.now();
+        let fresh = members
+            .as_ref()
+            .is_some_and(|(at, _)| now < *at + MEMBERS_TTL);
+        if !fresh {
+            let groups = self
+                .inner
+                .groups
+                .groups(&self.inner.settings.selector)
+                .await
+                .map_err(|e| unavailable("DescribeAutoScalingGroups", &e))?;
+            let ids = groups
+                .iter()
+                .flat_map(|g| g.instances.iter().map(|m| m.instance_id.clone()))
+                .collect();
+            *members = Some((self.inner.clock.now(), ids));
+        }
+        let member = members
+            .as_ref()
+            .is_some_and(|(_, ids)| ids.contains(instance_id));
+        drop(members);
+        if member {
             Ok(())
         } else {
             Err(Refusal::new(
