@@ -2,7 +2,7 @@
 //! real `autohealctl ui` process with a viewer certificate, and Debian's chromium driven by
 //! `playwright-core` (`tests/ui/fleet.spec.mjs`, run with node). The script asserts what the page
 //! shows and asks this test, one line at a time, to change the world under it: escalate an agent,
-//! fail a shared dependency, kill the coordinator, start it again.
+//! fail a shared dependency, pause and skip as an operator, kill the coordinator, start it again.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -100,11 +100,13 @@ asg_cooldown = "0s"
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet-view.png");
     let _ = std::fs::remove_file(&screenshot);
     let escalated = fleet.instances[0].0.clone();
+    let skipped = fleet.instances[1].0.clone();
     let mut script = tokio::process::Command::new("node")
         .arg("fleet.spec.mjs")
         .current_dir(ui_dir())
         .env("UI_URL", &url)
         .env("ESCALATED", &escalated)
+        .env("SKIPPED", &skipped)
         .env("DEPENDENCY", DEPENDENCY)
         .env("SCREENSHOT", &screenshot)
         .stdin(Stdio::piped())
@@ -129,6 +131,17 @@ asg_cooldown = "0s"
                         agent.dependency_failing(DEPENDENCY);
                     }
                 }
+                // What an operator does with autohealctl; the view shows who and why.
+                "need pause" => {
+                    let operator = pki.operator();
+                    for args in [
+                        &["pause", "--reason", "change freeze"][..],
+                        &["skip", &skipped, "--reason", "kernel debugging"][..],
+                    ] {
+                        let out = coordinator.ctl(&operator, args);
+                        assert!(out.status.success(), "{args:?}: {out:?}");
+                    }
+                }
                 "need stop" => {
                     let _ = coordinator.child.kill();
                     let _ = coordinator.child.wait();
@@ -151,6 +164,7 @@ asg_cooldown = "0s"
         "ok remediation",
         "ok timeline",
         "ok brake",
+        "ok pause and skip",
         "ok banner",
         "ok reconnected",
     ] {

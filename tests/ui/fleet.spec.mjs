@@ -4,6 +4,7 @@
 //
 //   UI_URL          the page (http://127.0.0.1:PORT/)
 //   ESCALATED       the instance the test makes escalate
+//   SKIPPED         the instance an operator skips
 //   DEPENDENCY      the shared dependency the test makes fail
 //   SCREENSHOT      where to write the screenshot
 import { chromium } from 'playwright-core';
@@ -12,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-const { UI_URL, ESCALATED, DEPENDENCY, SCREENSHOT } = process.env;
+const { UI_URL, ESCALATED, SKIPPED, DEPENDENCY, SCREENSHOT } = process.env;
 const STEP_MS = Number(process.env.STEP_MS || 25000);
 
 const lines = createInterface({ input: process.stdin });
@@ -86,6 +87,17 @@ try {
   const reason = await page.textContent('#brakes li[data-kind="dependency_brake"]');
   if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
   console.log(`ok brake ${reason.trim()}`);
+  // Pause and a skip, each with who and why.
+  await need('pause');
+  await page.waitForFunction((id) => {
+    const paused = document.querySelector('#brakes li[data-kind="paused"]');
+    const skipped = document.querySelector(`#brakes li[data-kind="skipped"][data-instance="${id}"]`);
+    return paused && paused.textContent.includes('operator/admin') && paused.textContent.includes('change freeze')
+      && skipped && skipped.textContent.includes('operator/admin') && skipped.textContent.includes('kernel debugging');
+  }, SKIPPED, { timeout: STEP_MS });
+  if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
+  console.log('ok pause and skip');
+
   // Let the bars and ages settle into one frame for the picture.
   await page.waitForTimeout(300);
   await page.screenshot({ path: SCREENSHOT, fullPage: true });

@@ -250,7 +250,8 @@ function renderBrakes() {
   }
   const seen = new Set();
   for (const g of allGuardrails()) {
-    if (/cooldown/.test(g.name)) continue;
+    // Cooldowns have their own list; the pause is shown once, above, with who and since when.
+    if (/cooldown/.test(g.name) || (g.name === 'paused' && s && s.pause && s.pause.paused)) continue;
     const key = `${g.asg}|${g.name}|${g.reason}`;
     if (seen.has(key)) continue;
     seen.add(key);
