@@ -15,7 +15,8 @@ INTO = {
 APPEND = """
 [ladder]
 drain_timeout = "1s"
-agent_silence_grace = "30s"
+# The fleet's other two instances run no agent: not silent within the rehearsal.
+agent_silence_grace = "10m"
 
 [guardrails]
 startup_grace = "0s"
