@@ -2,7 +2,8 @@
 //! real `autohealctl ui` process with a viewer certificate, and Debian's chromium driven by
 //! `playwright-core` (`tests/ui/fleet.spec.mjs`, run with node). The script asserts what the page
 //! shows and asks this test, one line at a time, to change the world under it: escalate an agent,
-//! fail a shared dependency, pause and skip as an operator, kill the coordinator, start it again.
+//! fail a shared dependency, pause and skip as an operator, freeze the coordinator (SIGSTOP) and
+//! thaw it, kill it, start it again.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -142,6 +143,8 @@ asg_cooldown = "0s"
                         assert!(out.status.success(), "{args:?}: {out:?}");
                     }
                 }
+                "need freeze" => coordinator.signal("STOP"),
+                "need thaw" => coordinator.signal("CONT"),
                 "need stop" => {
                     let _ = coordinator.child.kill();
                     let _ = coordinator.child.wait();
@@ -165,6 +168,8 @@ asg_cooldown = "0s"
         "ok timeline",
         "ok brake",
         "ok pause and skip",
+        "ok frozen",
+        "ok thawed",
         "ok banner",
         "ok reconnected",
     ] {

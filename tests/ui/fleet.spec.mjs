@@ -103,6 +103,16 @@ try {
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
   console.log('ok screenshot');
 
+  // A coordinator that hangs (SIGSTOP) closes nothing: the health check notices.
+  await need('freeze');
+  await page.waitForSelector('#banner:not([hidden])', { timeout: STEP_MS });
+  const frozen = await page.textContent('#banner');
+  if (!/stopped answering|unreachable/i.test(frozen)) throw new Error(`banner says: ${frozen}`);
+  console.log(`ok frozen ${frozen.trim()}`);
+  await need('thaw');
+  await page.waitForSelector('#banner[hidden]', { state: 'attached', timeout: STEP_MS });
+  console.log('ok thawed');
+
   await need('stop');
   await page.waitForSelector('#banner:not([hidden])', { timeout: STEP_MS });
   const banner = await page.textContent('#banner');

@@ -1,6 +1,7 @@
 //! The web view's one `WatchEvents` stream: [`Watcher`] keeps it open (reconnecting with
-//! backoff), says whether the coordinator can be reached, and hands both to every open page
-//! through [`Feed`], which also keeps the last events for a page that has just opened.
+//! backoff, and checking the coordinator's health while the stream is quiet), says whether the
+//! coordinator can be reached, and hands both to every open page through [`Feed`], which also
+//! keeps the last events for a page that has just opened.
 //!
 //! Cursors are the coordinator process's own and start again at 1 when it restarts (or another
 //! replica takes over), so after a lost connection the watcher reads the whole retained log again
@@ -23,6 +24,12 @@ use crate::{client, tables};
 
 /// Events a page gets when it opens: enough for the timelines of a small fleet's last minutes.
 const RECENT: usize = 500;
+/// How often a quiet stream is checked: a coordinator that hangs (stopped, partitioned) closes
+/// nothing, and HTTP/2 keepalive alone would notice only after about 40 s.
+const LIVENESS: Duration = Duration::from_secs(5);
+/// How long the health check may take before the coordinator counts as gone.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Events remembered as seen, to drop them when a re-read log replays them: more than the
 /// coordinator retains (10 000).
 const SEEN: usize = 20_000;
@@ -184,6 +191,8 @@ fn identity(e: &v1::FleetEvent) -> u64 {
 #[derive(Debug)]
 pub struct Watcher {
     pub api: client::Client,
+    /// `grpc.health.v1.Health` on the same port (any fleet certificate may call it).
+    pub health: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
     pub endpoint: String,
     pub files: TlsFiles,
     pub feed: Feed,
@@ -227,15 +236,38 @@ impl Watcher {
             after,
             instance_id: String::new(),
         };
-        let mut stream = match self.api.watch_events(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return (self.explain(&status).await, None),
+        let opened = tokio::time::timeout(LIVENESS * 2, self.api.watch_events(request)).await;
+        let mut stream = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return (self.explain(&status).await, None),
+            Err(_) => {
+                return (
+                    format!(
+                        "the coordinator at {} did not open the event stream within {}s",
+                        self.endpoint,
+                        (LIVENESS * 2).as_secs()
+                    ),
+                    None,
+                );
+            }
         };
         self.feed.set_link(true, String::new());
         *attempt = 0;
         let mut last = after;
+        let mut check = tokio::time::interval(LIVENESS);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
-            match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = check.tick() => {
+                    if let Err(why) = self.alive().await {
+                        return (why, None);
+                    }
+                    continue;
+                }
+            };
+            match message {
                 Ok(Some(event)) => {
                     last = last.max(event.cursor);
                     self.feed.push(&event);
@@ -246,6 +278,22 @@ impl Watcher {
                 }
                 Err(status) => return (self.explain(&status).await, None),
             }
+        }
+    }
+
+    /// Whether the coordinator answers a health check in time; why not, if it doesn't.
+    async fn alive(&mut self) -> Result<(), String> {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        match tokio::time::timeout(LIVENESS_TIMEOUT, self.health.check(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(self.explain(&status).await),
+            Err(_) => Err(format!(
+                "the coordinator at {} stopped answering (no health check answer within {}s)",
+                self.endpoint,
+                LIVENESS_TIMEOUT.as_secs()
+            )),
         }
     }
 

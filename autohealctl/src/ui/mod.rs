@@ -83,20 +83,20 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let local = listener.local_addr().context("listen address")?;
-    // EnrollmentAdmin on the same port, over a channel of its own (the fleet client keeps its).
+    // EnrollmentAdmin and the health check on the same port, over a channel of their own (the
+    // fleet client keeps its).
     let material = files
         .load()
         .with_context(|| format!("cannot load {}", files.cert.display()))?;
     let tls_config = autoheal_common::tls::client_config(material).context("TLS client")?;
-    let enrollments = EnrollmentAdminClient::new(autoheal_common::tls::channel(
-        &endpoint,
-        Arc::new(tls_config),
-        Duration::from_secs(5),
-    )?)
-    .max_decoding_message_size(autoheal_proto::MAX_MESSAGE_BYTES);
+    let channel =
+        autoheal_common::tls::channel(&endpoint, Arc::new(tls_config), Duration::from_secs(5))?;
+    let enrollments = EnrollmentAdminClient::new(channel.clone())
+        .max_decoding_message_size(autoheal_proto::MAX_MESSAGE_BYTES);
     let feed = Feed::new(&endpoint);
     let watcher = Watcher {
         api: api.clone(),
+        health: tonic_health::pb::health_client::HealthClient::new(channel),
         endpoint: endpoint.clone(),
         files,
         feed: feed.clone(),
