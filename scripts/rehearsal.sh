@@ -31,10 +31,13 @@ set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 2
-# For ensure_venv (render.py reads the template with cfn-lint's loader); its pass/fail are
-# replaced below.
-# shellcheck source-path=SCRIPTDIR source=../packaging/lib.sh
+# For ensure_venv and $venv (render.py reads the template with cfn-lint's loader); its pass and
+# fail are replaced below. (Not followed by a plain `shellcheck scripts/*.sh`: it is checked with
+# packaging/.)
+# shellcheck disable=SC1091
 . packaging/lib.sh
+# shellcheck disable=SC2269,SC2154 # set by packaging/lib.sh
+venv=$venv
 here=$repo/scripts/rehearsal
 config_file=
 keep=false
