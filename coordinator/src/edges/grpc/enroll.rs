@@ -448,7 +448,7 @@ pub async fn start(
     )?;
     let signers = settings.load_signers()?;
     let (describe, batch) =
-        enroll::DescribeBatcher::new(clients.clone(), Duration::from_millis(20));
+        enroll::DescribeBatcher::new(clients.clone(), Duration::from_millis(100));
     tasks.spawn(
         "enroll_describe",
         batch

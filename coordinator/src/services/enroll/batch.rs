@@ -43,7 +43,7 @@ pub enum DescribeError {
 }
 
 impl DescribeBatcher {
-    /// `window`: how long the first request of a batch waits for others.
+    /// `window`: how long a batch waits for one more request (at most five windows in all).
     pub fn new(instances: Arc<dyn Instances>, window: Duration) -> (Self, BatchTask) {
         let (tx, rx) = mpsc::channel(4 * MAX_IDS_PER_CALL);
         (
@@ -80,13 +80,16 @@ impl BatchTask {
                 first = self.rx.recv() => match first { Some(f) => f, None => return },
             };
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.window;
+            // Waits while requests keep coming (each resets an idle `window`), at most five
+            // windows in all: a burst fills whole batches, a lone request waits one window.
+            let cap = tokio::time::Instant::now() + self.window * 5;
             while batch.len() < MAX_IDS_PER_CALL {
+                let idle = (tokio::time::Instant::now() + self.window).min(cap);
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
                     next = self.rx.recv() => match next { Some(n) => batch.push(n), None => break },
-                    () = tokio::time::sleep_until(deadline) => break,
+                    () = tokio::time::sleep_until(idle) => break,
                 }
             }
             let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();

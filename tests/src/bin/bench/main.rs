@@ -8,12 +8,14 @@
 //! bench ingest [--agents 10000] [--secs 60] [--flooders 500] [--window 8] [--flood-secs 15]
 //!              [--coordinator-log FILTER]   AUTOHEAL_LOG for the coordinator (default: its own, info)
 //! bench storm [--agents 10000]             restart the coordinator under N agents
+//! bench enroll [--instances 1000]          N instances enrolling at once (moto, IMDS documents)
 //! bench all [--agents 10000]               everything, at sizes that fit a 2-core machine
 //! ```
 //!
 //! Uses the release binaries next to it (`cargo build --release --workspace --bins`); run it
 //! through `scripts/bench.sh`, which also installs monit and supervisord and raises `ulimit -n`.
 
+mod enroll;
 mod escalation;
 mod footprint;
 mod heal;
@@ -105,6 +107,9 @@ async fn run(cmd: &str, args: &Args) -> Result<()> {
         }
         "storm" => {
             storm::run(agents).await?;
+        }
+        "enroll" => {
+            enroll::run(args.get("--instances", 1000)?).await?;
         }
         "all" => {
             let f = footprint::run(60).await?;
