@@ -63,7 +63,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::model::enrollment::Enrollment;
-use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;

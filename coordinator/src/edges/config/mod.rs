@@ -16,7 +16,6 @@ use autoheal_proto::identity::TrustDomain;
 use serde::Deserialize;
 
 mod aws;
-pub mod enroll;
 pub mod ecs;
 pub mod enroll;
 mod policy;
@@ -199,9 +198,6 @@ impl Config {
         let has_aws = raw.aws.is_some();
         let store = store_config(raw.store.unwrap_or_default(), has_aws, &mut errors);
         let aws = raw.aws.map(|a| aws_config(a, &mut errors));
-        let enroll = raw.enroll.map(|e| {
-            enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors)
-        });
         let enroll = raw
             .enroll
             .map(|e| enroll::enroll_config(e, base, &tls.ca, listen, has_aws, &mut errors));

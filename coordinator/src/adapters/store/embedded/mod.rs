@@ -18,7 +18,6 @@ use std::{
 };
 
 use crate::model::enrollment::Enrollment;
-use crate::model::enrollment::Enrollment;
 use crate::model::events::FleetEvent;
 use crate::model::events::PauseState;
 use crate::model::journal::Entry;
