@@ -135,12 +135,20 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     };
     // Beyond the file itself: can the TLS files be used, and do they name this instance?
     let mut problems = Vec::new();
+    // With enroll_endpoint the agent writes its certificate and key itself: none yet is fine.
+    let enrolls_first = config
+        .coordinator
+        .as_ref()
+        .is_some_and(|c| c.enroll_endpoint.is_some() && !c.tls.cert.exists());
     if let Some(c) = &config.coordinator {
         for (name, file) in [
             ("ca", &c.tls.ca),
             ("cert", &c.tls.cert),
             ("key", &c.tls.key),
         ] {
+            if enrolls_first && name != "ca" {
+                continue;
+            }
             if let Err(e) = std::fs::File::open(file) {
                 problems.push((
                     format!("tls.{name}"),
@@ -149,7 +157,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         }
     }
-    if let (Some(c), true) = (&config.coordinator, problems.is_empty()) {
+    if let (Some(c), true) = (&config.coordinator, problems.is_empty() && !enrolls_first) {
         match c.tls.load() {
             Err(e) => problems.push(("tls".to_owned(), DisplayChain(&e).to_string())),
             Ok(material) => match c.tls.identity(&material) {
