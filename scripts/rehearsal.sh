@@ -387,8 +387,14 @@ fi
 connected_to() { # IP: the replica at IP says our instance's agent is connected
   [ "$(ctl "$1" --output json instance "$iid" 2>/dev/null | jq -r '.summary.connected // .connected')" = true ]
 }
-if [ -n "$leader" ] && wait_for 20 connected_to "$(ip_of "$leader")"; then
-  pass "the agent, pointed at the follower $(ip_of "$follower"), followed the Redirect: connected to the leader $(ip_of "$leader")"
+# "from -> to" of each Redirect the agent logged.
+redirects() {
+  in_ct journalctl -u autoheal-agent.service -o cat --no-pager |
+    jq -Rr 'fromjson? | select(.fields.message == "redirected by the coordinator") | "\(.fields.from) -> \(.fields.to)"'
+}
+if [ -n "$leader" ] && wait_for 20 connected_to "$(ip_of "$leader")" &&
+  redirects | grep -qx "$(ip_of "$follower"):7443 -> $(ip_of "$leader"):7443"; then
+  pass "the agent, pointed at the follower, followed the Redirect ($(redirects | head -1)) and is connected to the leader"
 else
   fail "the agent is not connected to a leader (pointed at $(ip_of "${follower:-a}")): $(agent_log 3)"
 fi
@@ -455,7 +461,7 @@ if [ -n "$leader" ]; then
     fail "task $follower does not lead ${bound}s after the leader was SIGKILLed"
   fi
   if wait_for 20 connected_to "$(ip_of "$follower")"; then
-    pass "the agent followed: connected to the new leader $(ip_of "$follower")"
+    pass "the agent followed: connected to the new leader $(ip_of "$follower") (Redirects the agent followed since the start: $(redirects | sort | uniq -c | awk '{ printf "%s%s× %s %s %s", (NR > 1 ? ", " : ""), $1, $2, $3, $4 }'); after the kill, the follower still sent it to the dead leader until the lease ran out)"
   else
     fail "the agent did not reach the new leader $(ip_of "$follower")"
   fi
