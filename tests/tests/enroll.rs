@@ -617,6 +617,57 @@ async fn an_enrolled_agent_restarted_keeps_its_identity() {
     stop.cancel();
 }
 
+/// The coordinator unreachable across the certificate's expiry (frozen here): the agent keeps
+/// going, and when the coordinator is back it enrolls again with the same boot's document and
+/// its last key, the one way back in the coordinator allows (see the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_certificate_expired_while_the_coordinator_was_away_enrolls_again() {
+    let s = setup("lifetime = \"10s\"");
+    let a = s.instance(0);
+    let imds = Imds::start(&Document::new(&a), &s.signer).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agent, stop) = s.agent(dir.path(), &imds);
+    s.connected(&a).await;
+    let pem = std::fs::read_to_string(dir.path().join("instance.pem")).expect("cert");
+    let held = autoheal_agent::enroll::validity(&leaf_of(&pem)).expect("dates");
+    let key = std::fs::read(dir.path().join("instance-key.pem")).expect("key");
+    s.coordinator.signal("STOP");
+    let expired = held.not_after + Duration::from_secs(1);
+    if let Ok(wait) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    s.coordinator.signal("CONT");
+    let renewed = eventually(DEADLINE, "a new certificate", || {
+        let path = dir.path().join("instance.pem");
+        let pem = pem.clone();
+        async move {
+            let now = std::fs::read_to_string(path).ok()?;
+            (now != pem && !now.is_empty()).then_some(now)
+        }
+    })
+    .await;
+    assert!(
+        autoheal_agent::enroll::validity(&leaf_of(&renewed))
+            .expect("dates")
+            .not_after
+            > std::time::SystemTime::now()
+    );
+    s.connected(&a).await;
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("certificates_issued_total{kind=\"enroll\"} 2"),
+        "enrolled again, not renewed: {metrics}"
+    );
+    assert!(!metrics.contains("reason=\"replayed\""), "{metrics}");
+    assert_eq!(
+        std::fs::read(dir.path().join("instance-key.pem")).expect("key"),
+        key,
+        "the expired certificate's key proved the instance"
+    );
+    stop.cancel();
+    agent.wait(Duration::from_secs(10)).await;
+}
+
 /// Trust on first use rests on this: of two writers expecting the same version, one wins; a
 /// record survives a reopen. Both backends.
 async fn enrollment_writes_are_conditional(

@@ -66,6 +66,8 @@ pub enum EnrollError {
         check: String,
         message: String,
     },
+    #[error("no answer in {0:?}")]
+    Timeout(Duration),
     #[error("the coordinator's answer is unusable: {0}")]
     Answer(&'static str),
     #[error("cannot make a key or CSR")]
@@ -77,6 +79,9 @@ pub enum EnrollError {
         source: std::io::Error,
     },
 }
+
+/// How long the gRPC calls of one enrollment or renewal may take, beyond connecting.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A certificate on disk, as far as renewal cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +130,7 @@ impl Enrollment {
         let held = self.held(instance_id);
         match held {
             Some(h) if now < h.renew_at => Ok(h),
-            Some(h) if now < h.not_after => match self.renew(agent_endpoint).await {
+            Some(h) if now < h.not_after => match self.bounded(self.renew(agent_endpoint)).await {
                 Ok(renewed) => {
                     tracing::info!(not_after = ?renewed.not_after, "certificate renewed");
                     Ok(renewed)
@@ -141,11 +146,23 @@ impl Enrollment {
                 }
             },
             _ => {
-                let enrolled = self.enroll().await?;
+                let enrolled = self.bounded(self.enroll()).await?;
                 tracing::info!(not_after = ?enrolled.not_after, "enrolled");
                 Ok(enrolled)
             }
         }
+    }
+
+    /// Every exchange is bounded, so a coordinator that accepts and then hangs can't stall the
+    /// reporter (healing never waits on it either way).
+    async fn bounded(
+        &self,
+        exchange: impl std::future::Future<Output = Result<Held, EnrollError>>,
+    ) -> Result<Held, EnrollError> {
+        let limit = self.connect_timeout + self.imds_timeout * 3 + EXCHANGE_TIMEOUT;
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| EnrollError::Timeout(limit))?
     }
 
     /// The certificate on disk, if it parses, matches its key, is for `instance_id` and has not
