@@ -1,11 +1,13 @@
 //! A service's process side: performs restarts and watches the main process so an exit is seen
 //! at once (a child we own is awaited directly; a systemd unit's MainPID or a pidfile's pid is
-//! polled in /proc every 250 ms), not at the next check.
+//! polled in /proc every 250 ms), not at the next check. A `run` service's whole tree
+//! ([`Tree`]) is stopped when its main process exits, before a restart and on stop.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{
     process::{Child, Command},
+    signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot},
 };
 use tokio_util::sync::CancellationToken;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Action,
     probe::{self, pid_alive, read_pidfile},
+    tree::Tree,
 };
 
 const WATCH_PERIOD: Duration = Duration::from_millis(250);
@@ -49,8 +52,14 @@ impl ProcessTask {
         let mut watched: Option<(u32, bool)> = None;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tree = Tree::new(&self.service);
+        // A child of the tree died (or was re-parented to us and died): reap it.
+        let mut sigchld = None;
         if let Action::Run { .. } = &self.action {
-            match self.spawn() {
+            sigchld = signal(SignalKind::child())
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot watch SIGCHLD; orphans are reaped at restarts only"))
+                .ok();
+            match self.spawn(&mut tree) {
                 Ok(c) => {
                     let pid = c.id();
                     child = Some(c);
@@ -68,7 +77,7 @@ impl ProcessTask {
                 cmd = self.commands.recv() => match cmd {
                     None => break,
                     Some(ProcessCommand::Restart { reply }) => {
-                        let result = self.restart(&mut child).await;
+                        let result = self.restart(&mut child, &mut tree).await;
                         if let Ok(Some(pid)) = result {
                             watched = Some((pid, true));
                         } else {
@@ -85,14 +94,25 @@ impl ProcessTask {
                         Err(e) => format!("main process lost: {e}"),
                     };
                     self.tell(Liveness::Down { pid, detail }).await;
+                    // The service is its main process: what it leaves behind goes with it.
+                    if let Action::Run { stop_timeout, .. } = &self.action {
+                        tree.stop(*stop_timeout).await;
+                    }
+                }
+                Some(()) = child_signal(&mut sigchld) => {
+                    tree.members();
+                    tree.reap();
                 }
                 _ = tick.tick(), if !matches!(self.action, Action::Run { .. } | Action::None) => {
                     self.watch(&mut watched).await;
                 }
             }
         }
-        if let (Some(c), Action::Run { stop_timeout, .. }) = (child.as_mut(), &self.action) {
-            stop(c, *stop_timeout).await;
+        if let Action::Run { stop_timeout, .. } = &self.action {
+            if let Some(c) = child.as_mut() {
+                stop(c, *stop_timeout).await;
+            }
+            tree.stop(*stop_timeout).await;
         }
     }
 
@@ -100,18 +120,22 @@ impl ProcessTask {
         let _ = self.liveness.send(l).await;
     }
 
-    fn spawn(&self) -> Result<Child, String> {
+    fn spawn(&self, tree: &mut Tree) -> Result<Child, String> {
         let Action::Run { argv, dir, .. } = &self.action else {
             return Err("not a run service".into());
         };
-        command(argv, dir)
+        let (var, mark) = tree.mark();
+        let child = command(argv, dir)
             .map_err(|e| e.to_string())?
             .stdin(Stdio::null())
+            .env(var, mark)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", argv[0]))
+            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+        tree.set_leader(child.id());
+        Ok(child)
     }
 
-    async fn restart(&self, child: &mut Option<Child>) -> RestartReply {
+    async fn restart(&self, child: &mut Option<Child>, tree: &mut Tree) -> RestartReply {
         match &self.action {
             Action::None => Err("no restart action configured".into()),
             Action::Run { stop_timeout, .. } => {
@@ -119,7 +143,8 @@ impl ProcessTask {
                     stop(c, *stop_timeout).await;
                 }
                 *child = None;
-                let c = self.spawn()?;
+                tree.stop(*stop_timeout).await;
+                let c = self.spawn(tree)?;
                 let pid = c.id();
                 *child = Some(c);
                 Ok(pid)
@@ -186,6 +211,13 @@ fn command(argv: &[String], dir: &Path) -> Result<Command, &'static str> {
         .process_group(0)
         .kill_on_drop(true);
     Ok(c)
+}
+
+async fn child_signal(s: &mut Option<Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {

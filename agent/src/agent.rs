@@ -60,6 +60,14 @@ impl Agent {
             .transpose()?;
         let metrics = Metrics::new();
         let tasks = TaskTracker::new();
+        if config
+            .services
+            .iter()
+            .any(|s| matches!(s.action, crate::config::Action::Run { .. }))
+            && let Err(e) = crate::tree::become_subreaper()
+        {
+            tracing::warn!(error = %e, "cannot become a child subreaper; a service's orphans go to PID 1");
+        }
         let (paused_tx, paused_rx) = watch::channel(false);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let events = EventSink::new(config.coordinator.as_ref().map(|_| events_tx));

@@ -9,7 +9,8 @@
 //! - [`config`]: TOML → typed config, every error with its path.
 //! - [`policy`]: the pure decisions (thresholds, restart budget, flapping), driven by `now`.
 //! - [`service`]: a service's pure state machine ([`service::machine`]) and the supervisor that
-//!   performs its effects; [`action`]: the process side (spawn, kill, systemctl).
+//!   performs its effects; [`action`]: the process side (spawn, kill, systemctl); [`tree`]: a
+//!   `run` service's whole process tree (subreaper, find, kill, reap).
 //! - [`probe`], [`check`]: what a check does once, and the task that runs it on its interval.
 //! - [`reporter`]: the coordinator stream, event numbering, buffering and replay.
 //! - [`enroll`]: zero-touch enrollment and renewal of the agent's certificate (IMDSv2 identity
@@ -39,6 +40,7 @@ pub mod reporter;
 pub mod service;
 pub mod state;
 pub mod status;
+pub mod tree;
 
 pub use agent::Agent;
 pub use config::Config;

@@ -6,6 +6,7 @@
 mod agent;
 mod agent_cli;
 mod agent_healing;
+mod agent_lifecycle;
 mod agent_metrics;
 mod agent_reporter;
 mod aws;
