@@ -668,6 +668,50 @@ async fn an_agent_whose_certificate_expired_while_the_coordinator_was_away_enrol
     agent.wait(Duration::from_secs(10)).await;
 }
 
+/// The enrollment listener presents the coordinator's certificate, and a new one once the files
+/// are replaced (rotation without a restart, as on the agent port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_listener_picks_up_a_rotated_certificate() {
+    let s = setup("");
+    let presented = || async {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(s.pki.path().join("ca.pem")).expect("ca") {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(tls::PROTOCOL_VERSIONS)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&s.enroll_addr)
+            .await
+            .expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect("localhost".try_into().expect("name"), tcp)
+            .await
+            .expect("server-authenticated handshake without a client certificate");
+        tls.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
+    };
+    let file = || {
+        leaf_of(&std::fs::read_to_string(s.pki.path().join("coordinator.pem")).expect("cert"))
+            .to_vec()
+    };
+    assert_eq!(presented().await, file());
+    autohealctl::pki::issue_server(s.pki.path(), &[]).expect("new server certificate");
+    let new = file();
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate presented",
+        || {
+            let new = new.clone();
+            let presented = presented();
+            async move { (presented.await == new).then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// Trust on first use rests on this: of two writers expecting the same version, one wins; a
 /// record survives a reopen. Both backends.
 async fn enrollment_writes_are_conditional(

@@ -101,7 +101,8 @@ impl AsyncWrite for EnrollStream {
 #[derive(Debug)]
 pub struct EnrollListener {
     pub listener: TcpListener,
-    pub config: Arc<ServerConfig>,
+    /// Replaced when the coordinator's certificate files change (see [`TlsReload`]).
+    pub config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     pub handshakes: Arc<Semaphore>,
     pub handshake_timeout: Duration,
     pub limiter: Arc<RateLimiter>,
@@ -129,7 +130,7 @@ impl EnrollListener {
                 tracing::debug!(%remote, "enrollment connection over the rate limit");
                 continue;
             }
-            let config = self.config.clone();
+            let config = self.config.borrow().clone();
             let handshakes = self.handshakes.clone();
             let tx = self.accepted.clone();
             let timeout = self.handshake_timeout;
@@ -159,6 +160,56 @@ impl EnrollListener {
                 }
                 .instrument(tracing::debug_span!("enroll_handshake")),
             );
+        }
+    }
+}
+
+/// Reloads the enrollment listener's certificate when the `[tls]` files change, like the agent
+/// port's reloader does for its mTLS configuration; a broken set is logged and the last good one
+/// stays in force.
+#[derive(Debug)]
+pub struct TlsReload {
+    pub files: autoheal_common::tls::TlsFiles,
+    pub interval: Duration,
+    pub tx: tokio::sync::watch::Sender<Arc<ServerConfig>>,
+}
+
+impl TlsReload {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let seen = |files: &autoheal_common::tls::TlsFiles| {
+            [&files.ca, &files.cert, &files.key]
+                .iter()
+                .map(|p| std::fs::read(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let mut last = seen(&self.files);
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = seen(&self.files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self
+                .files
+                .load()
+                .map_err(|e| crate::error_chain(&e))
+                .and_then(|m| server_config(m).map_err(|e| crate::error_chain(&e)))
+            {
+                Ok(config) => {
+                    self.tx.send_replace(Arc::new(config));
+                    tracing::info!("enrollment listener: reloaded the TLS certificate");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "enrollment listener: certificate files changed but can't be used; keeping the previous ones")
+                }
+            }
         }
     }
 }
@@ -480,7 +531,16 @@ pub async fn start(
         enroller: enroller.clone(),
         limiter: limiter.clone(),
     };
-    let tls = Arc::new(server_config(config.tls.load()?)?);
+    let (tls_tx, tls) = tokio::sync::watch::channel(Arc::new(server_config(config.tls.load()?)?));
+    tasks.spawn(
+        "enroll_tls_reload",
+        TlsReload {
+            files: config.tls.clone(),
+            interval: config.tls_reload_interval,
+            tx: tls_tx,
+        }
+        .run(tasks.token()),
+    );
     let listener =
         TcpListener::bind(settings.listen)
             .await
