@@ -493,6 +493,38 @@ mod tests {
         assert_eq!(signed.verify(&other, &[signer]), Err(Pkcs7Error::Digest));
     }
 
+    proptest::proptest! {
+        /// Anything at all on the unauthenticated listener: an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = SignedData::parse(&bytes);
+            let _ = decode(&bytes);
+        }
+
+        /// Whatever one byte of a genuine message is changed to, what verifies is the document
+        /// that was signed: never other content.
+        #[test]
+        fn a_changed_byte_never_verifies_other_content(at in 0usize..10_000, to in proptest::num::u8::ANY) {
+            let (cert, der) = &*SIGNED;
+            let mut changed = der.clone();
+            let at = at % changed.len();
+            changed[at] = to;
+            if let Ok(signed) = SignedData::parse(&changed) {
+                let content = signed.content.clone().unwrap_or_default();
+                if signed.verify(&content, std::slice::from_ref(cert)).is_ok() {
+                    proptest::prop_assert_eq!(content.as_slice(), &DOCUMENT[..]);
+                }
+            }
+        }
+    }
+
+    const DOCUMENT: &[u8] = br#"{"instanceId":"i-0123456789abcdef0","region":"eu-west-1"}"#;
+
+    static SIGNED: std::sync::LazyLock<(Vec<u8>, Vec<u8>)> = std::sync::LazyLock::new(|| {
+        let (cert, key) = signer("proptest");
+        (cert, sign(DOCUMENT, &key, true))
+    });
+
     #[test]
     fn garbage_is_refused_not_panicked_on() {
         for bytes in [
