@@ -512,7 +512,7 @@ mod tests {
             if let Ok(signed) = SignedData::parse(&changed) {
                 let content = signed.content.clone().unwrap_or_default();
                 if signed.verify(&content, std::slice::from_ref(cert)).is_ok() {
-                    proptest::prop_assert_eq!(content.as_slice(), &DOCUMENT[..]);
+                    proptest::prop_assert_eq!(content.as_slice(), DOCUMENT);
                 }
             }
         }
