@@ -28,7 +28,7 @@ pub enum IdentityError {
     Certificate(String),
     #[error("certificate has no spiffe:// URI SAN")]
     NoSpiffeSan,
-    #[error("certificate has {0} spiffe:// URI SANs; exactly one is allowed")]
+    #[error("certificate has {0} URI SANs; exactly one (spiffe://…) is allowed")]
     ManySpiffeSans(usize),
 }
 
@@ -46,7 +46,7 @@ impl TrustDomain {
         if ok {
             Ok(Self(domain.to_owned()))
         } else {
-            Err(IdentityError::TrustDomain(domain.to_owned()))
+            Err(IdentityError::TrustDomain(echo(domain)))
         }
     }
 
@@ -111,21 +111,23 @@ impl Identity {
     pub fn parse(uri: &str) -> Result<Self, IdentityError> {
         let rest = uri
             .strip_prefix(SCHEME)
-            .ok_or_else(|| IdentityError::NotSpiffe(uri.to_owned()))?;
+            .ok_or_else(|| IdentityError::NotSpiffe(echo(uri)))?;
         let (domain, path) = rest
             .split_once('/')
-            .ok_or_else(|| IdentityError::Path(uri.to_owned()))?;
+            .ok_or_else(|| IdentityError::Path(echo(uri)))?;
         let trust_domain = TrustDomain::new(domain)?;
         let role = match path.split_once('/') {
             Some(("instance", id)) => Role::Instance(id.to_owned()),
             Some(("operator", name)) => Role::Operator(name.to_owned()),
             Some(("viewer", name)) => Role::Viewer(name.to_owned()),
-            _ => return Err(IdentityError::Path(uri.to_owned())),
+            _ => return Err(IdentityError::Path(echo(uri))),
         };
         Self::new(trust_domain, role)
     }
 
-    /// The identity in the URI SAN of a DER certificate (exactly one `spiffe://` URI is allowed).
+    /// The identity in the URI SAN of a DER certificate. Exactly one URI SAN is allowed, of any
+    /// scheme in any case: a second one (`SPIFFE://…`, `https://…`) is refused, not ignored, so
+    /// no certificate can carry an identity a less careful verifier would read differently.
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Result<Self, IdentityError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
             .map_err(|e| IdentityError::Certificate(e.to_string()))?;
@@ -136,7 +138,7 @@ impl Identity {
             .iter()
             .flat_map(|ext| ext.value.general_names.iter())
             .filter_map(|name| match name {
-                GeneralName::URI(uri) if uri.starts_with(SCHEME) => Some(*uri),
+                GeneralName::URI(uri) => Some(*uri),
                 _ => None,
             })
             .collect();
@@ -168,6 +170,15 @@ impl fmt::Display for Identity {
 
 /// Instance ids and names become path segments of a SPIFFE ID and file names of certificates:
 /// keep them to a safe alphabet.
+/// At most 64 characters of input from outside, for error messages (a client's 900 KiB id must
+/// not come back as a 900 KiB error).
+fn echo(input: &str) -> String {
+    match input.char_indices().nth(64) {
+        None => input.to_owned(),
+        Some((end, _)) => format!("{}…", &input[..end]),
+    }
+}
+
 pub fn validate_segment(kind: &'static str, value: &str) -> Result<(), IdentityError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_SEGMENT
@@ -181,7 +192,7 @@ pub fn validate_segment(kind: &'static str, value: &str) -> Result<(), IdentityE
     } else {
         Err(IdentityError::Segment {
             kind,
-            value: value.to_owned(),
+            value: echo(value),
         })
     }
 }
@@ -189,6 +200,47 @@ pub fn validate_segment(kind: &'static str, value: &str) -> Result<(), IdentityE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).expect("ia5")))
+            .collect();
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn errors_echo_only_a_short_prefix_of_the_input() {
+        let huge = "x".repeat(900 * 1024) + "/";
+        let e = validate_segment("instance id", &huge).expect_err("invalid");
+        assert!(e.to_string().len() < 200, "{} bytes", e.to_string().len());
+        let e = Identity::parse(&format!("spiffe://{huge}")).expect_err("invalid");
+        assert!(e.to_string().len() < 200);
+    }
+
+    #[test]
+    fn exactly_one_uri_san_whatever_the_scheme_or_its_case() {
+        let one = cert_with_uris(&["spiffe://autoheal.local/instance/i-1"]);
+        assert_eq!(
+            Identity::from_certificate(&one).expect("one").instance_id(),
+            Some("i-1")
+        );
+        for extra in [
+            "SPIFFE://autoheal.local/operator/mallory",
+            "https://example.com/x",
+        ] {
+            let two = cert_with_uris(&["spiffe://autoheal.local/instance/i-1", extra]);
+            assert_eq!(
+                Identity::from_certificate(&two),
+                Err(IdentityError::ManySpiffeSans(2)),
+                "{extra}"
+            );
+        }
+        let upper = cert_with_uris(&["SPIFFE://autoheal.local/instance/i-1"]);
+        assert!(Identity::from_certificate(&upper).is_err());
+    }
 
     #[test]
     fn parses_and_prints_every_role() {

@@ -210,10 +210,14 @@ tls_reload_interval = "200ms"
 ca = "{pki}/ca.pem"
 cert = "{pki}/coordinator.pem"
 key = "{pki}/coordinator-key.pem"
-
-[agents]
-heartbeat_interval = "1s"
+{agents}
 "#,
+            // An `extra` with its own [agents] table sets the heartbeat itself.
+            agents = if extra.contains("[agents]") {
+                ""
+            } else {
+                "\n[agents]\nheartbeat_interval = \"1s\""
+            },
             td = pki.trust_domain,
             listen = listen,
             name = name,

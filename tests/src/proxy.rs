@@ -124,6 +124,13 @@ impl FaultProxy {
         })
     }
 
+    /// How many calls of `action` naming `instance` reached the proxy (accepted or not yet).
+    pub fn reached_for(&self, action: &str, instance: &str) -> usize {
+        self.lock().bodies.get(action).map_or(0, |bodies| {
+            bodies.iter().filter(|b| b.contains(instance)).count()
+        })
+    }
+
     /// From now on, `DescribeTargetHealth` answers say `instance` fails its health checks.
     pub fn fail_target(&self, instance: &str) {
         self.lock().failing_targets.push(instance.to_owned());

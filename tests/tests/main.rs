@@ -3,6 +3,7 @@
 //! The modules are the former test files (`agent_*` those of the agent crate); what they share
 //! (PKI, processes, moto, fakes, polling) is the one harness, `autoheal_tests` in `tests/src`.
 
+mod abuse;
 mod agent;
 mod agent_cli;
 mod agent_healing;

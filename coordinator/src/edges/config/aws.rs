@@ -16,6 +16,7 @@ pub(super) struct RawAws {
     respect_grace_period: Option<bool>,
     call_timeout: Option<String>,
     max_attempts: Option<u32>,
+    max_backoff: Option<String>,
 }
 
 /// How the coordinator reaches AWS and which groups it looks after.
@@ -102,6 +103,11 @@ pub(super) fn aws_config(raw: RawAws, errors: &mut ConfigErrors) -> AwsConfig {
                 defaults.call_timeout,
             ),
             max_attempts: max_attempts.max(1),
+            max_backoff: errors.duration(
+                "aws.max_backoff",
+                raw.max_backoff.as_deref(),
+                defaults.max_backoff,
+            ),
             ..defaults
         },
         selector,

@@ -28,6 +28,38 @@ pub struct FleetApi {
     pub shutdown: CancellationToken,
 }
 
+/// An instance id from a request, checked like the Hello's: the error names the field and echoes
+/// at most a short prefix of what was sent.
+fn instance_id(value: &str) -> Result<&str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument("instance_id: required"));
+    }
+    autoheal_proto::identity::validate_segment("instance_id", value)
+        .map_err(|e| Status::invalid_argument(format!("instance_id: {e}")))?;
+    Ok(value)
+}
+
+/// An optional instance filter: empty means every instance.
+fn instance_filter(value: &str) -> Result<Option<&str>, Status> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        instance_id(value).map(Some)
+    }
+}
+
+/// Longest reason an operator may give (it is stored and notified).
+const MAX_REASON: usize = 1024;
+
+fn reason(value: &str) -> Result<&str, Status> {
+    if value.len() > MAX_REASON {
+        return Err(Status::invalid_argument(format!(
+            "reason: longer than {MAX_REASON} bytes"
+        )));
+    }
+    Ok(value)
+}
+
 fn caller<T>(request: &Request<T>) -> String {
     request
         .extensions()
@@ -278,9 +310,7 @@ impl FleetService for FleetApi {
         request: Request<v1::GetInstanceRequest>,
     ) -> Result<Response<v1::Instance>, Status> {
         let id = request.into_inner().instance_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("instance_id: required"));
-        }
+        instance_id(&id)?;
         let r = self.fleet.instance(&id).ok_or_else(|| {
             Status::not_found(format!("instance {id} is not known to this coordinator"))
         })?;
@@ -357,6 +387,7 @@ impl FleetService for FleetApi {
         let req = request.into_inner();
         let (backlog, live) = self.fleet.subscribe(req.after);
         let mut last = req.after;
+        instance_filter(&req.instance_id)?;
         let instance = req.instance_id;
         let shutdown = self.shutdown.clone();
         let backlog = tokio_stream::iter(backlog.into_iter().map(Ok));
@@ -391,7 +422,7 @@ impl FleetService for FleetApi {
         } else {
             req.limit.min(10_000)
         } as usize;
-        let instance = (!req.instance_id.is_empty()).then_some(req.instance_id.as_str());
+        let instance = instance_filter(&req.instance_id)?;
         let actions = self
             .journal
             .recent(instance, limit)
@@ -407,6 +438,7 @@ impl FleetService for FleetApi {
     ) -> Result<Response<v1::PauseState>, Status> {
         let by = caller(&request);
         let reason = request.into_inner().reason;
+        self::reason(&reason)?;
         if reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "reason: required, so the people on call know why destructive actions stopped",
@@ -426,6 +458,7 @@ impl FleetService for FleetApi {
     ) -> Result<Response<v1::PauseState>, Status> {
         let by = caller(&request);
         let reason = request.into_inner().reason;
+        self::reason(&reason)?;
         let state = self
             .fleet
             .set_paused(false, &reason, &by)
@@ -440,9 +473,8 @@ impl FleetService for FleetApi {
     ) -> Result<Response<v1::Action>, Status> {
         let by = caller(&request);
         let req = request.into_inner();
-        if req.instance_id.is_empty() {
-            return Err(Status::invalid_argument("instance_id: required"));
-        }
+        instance_id(&req.instance_id)?;
+        reason(&req.reason)?;
         let Some(control) = &self.control else {
             return Err(Status::failed_precondition(
                 "drain needs AWS: this coordinator runs without an [aws] section",
@@ -489,6 +521,7 @@ impl FleetService for FleetApi {
             .ok_or_else(|| {
                 Status::invalid_argument("action: one of deregister, replace, remote-restart")
             })?;
+        instance_id(&req.instance_id)?;
         if self.fleet.instance(&req.instance_id).is_none() {
             return Err(Status::not_found(format!(
                 "instance {} is not known to this coordinator",
@@ -553,9 +586,8 @@ impl FleetService for FleetApi {
     ) -> Result<Response<v1::InstanceSummary>, Status> {
         let by = caller(&request);
         let req = request.into_inner();
-        if req.instance_id.is_empty() {
-            return Err(Status::invalid_argument("instance_id: required"));
-        }
+        instance_id(&req.instance_id)?;
+        reason(&req.reason)?;
         if req.skip && req.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "reason: required when skipping, so the people on call know why",
@@ -581,6 +613,18 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn request_ids_are_checked_and_errors_echo_a_short_prefix() {
+        let huge = "i-".to_owned() + &"0".repeat(900 * 1024) + "/";
+        let e = instance_id(&huge).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("instance_id: "), "{}", e.message());
+        assert!(e.message().len() < 300, "{} bytes", e.message().len());
+        assert_eq!(instance_id("i-0abc").expect("valid"), "i-0abc");
+        assert_eq!(instance_filter("").expect("empty is every instance"), None);
+        assert!(reason(&"r".repeat(MAX_REASON + 1)).is_err());
+    }
     use crate::adapters::store::EmbeddedStore;
     use crate::ports::store::{Store, system_clock};
     use crate::services::lease::{Lease, LeaseSettings};

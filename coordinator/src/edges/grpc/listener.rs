@@ -1,10 +1,19 @@
 //! Accepts TCP connections, completes the TLS handshake (bounded in time and in concurrency, so a
 //! reconnect storm can't starve established streams) and hands tonic a stream that carries the
 //! peer's SPIFFE identity as connect info.
+//!
+//! Abuse bounds, in the order a connection meets them:
+//! 1. at most [`MAX_PENDING_PER_SOURCE`] connections per source address may be waiting for or
+//!    in a handshake; more are closed at once;
+//! 2. the first byte of the ClientHello must arrive within [`HELLO_WAIT`] (capped by the
+//!    handshake timeout), *before* a handshake permit is taken: idle sockets hold no permit;
+//! 3. the wait for a permit is bounded by the handshake timeout;
+//! 4. the handshake itself is bounded by the handshake timeout.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -85,6 +94,41 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// Connections one source address may have waiting for or in a handshake.
+pub const MAX_PENDING_PER_SOURCE: usize = 128;
+/// How long a new connection may take to send the first byte of its ClientHello.
+pub const HELLO_WAIT: Duration = Duration::from_secs(3);
+
+/// Pending connections by source address; an entry lives as long as its [`PendingSlot`].
+#[derive(Debug, Default)]
+struct Pending(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+struct PendingSlot(Arc<Pending>, IpAddr);
+
+impl Pending {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PendingSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_PENDING_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct TlsListener {
     pub listener: TcpListener,
@@ -96,6 +140,7 @@ pub struct TlsListener {
 
 impl TlsListener {
     pub async fn run(self, shutdown: CancellationToken) {
+        let pending = Arc::new(Pending::default());
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -104,15 +149,35 @@ impl TlsListener {
             };
             match accepted {
                 Ok((tcp, remote)) => {
+                    let Some(slot) = pending.take(remote.ip()) else {
+                        crate::metrics::global().tls_refused("per-source");
+                        tracing::debug!(%remote, "too many pending connections from this address");
+                        continue;
+                    };
                     let config = self.configs.borrow().clone();
                     let handshakes = self.handshakes.clone();
                     let tx = self.accepted.clone();
                     let timeout = self.handshake_timeout;
                     tokio::spawn(
                         async move {
-                            // Waiting for a permit happens off the accept loop: the storm queues,
-                            // established streams keep their CPU.
-                            let Ok(_permit) = handshakes.acquire_owned().await else {
+                            let _slot = slot;
+                            // An idle socket takes no permit: first the ClientHello must start.
+                            let mut first = [0u8; 1];
+                            let hello =
+                                tokio::time::timeout(HELLO_WAIT.min(timeout), tcp.peek(&mut first))
+                                    .await;
+                            if !matches!(hello, Ok(Ok(n)) if n > 0) {
+                                crate::metrics::global().tls_refused("idle");
+                                tracing::debug!(%remote, "no ClientHello in time");
+                                return;
+                            }
+                            // Waiting for a permit happens off the accept loop, and is bounded:
+                            // the storm queues, established streams keep their CPU.
+                            let permit =
+                                tokio::time::timeout(timeout, handshakes.acquire_owned()).await;
+                            let Ok(Ok(_permit)) = permit else {
+                                crate::metrics::global().tls_refused("busy");
+                                tracing::info!(%remote, "no handshake slot in time");
                                 return;
                             };
                             match tokio::time::timeout(timeout, handshake(tcp, remote, config))
