@@ -229,3 +229,114 @@ timeout = "150ms"
     assert!(agent.stop(Duration::from_secs(30)).await);
     assert_eq!(processes_with(&tag), []);
 }
+
+#[tokio::test]
+async fn a_dependency_that_recovers_does_not_get_its_dependent_restarted_on_a_stale_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db_port, app_port) = (free_port(), free_port());
+    // db needs a second to listen after a restart; app's own check connects to db, so it fails
+    // while db is down, and passes again as soon as db is back.
+    let toml = format!(
+        r#"
+{socket}
+[services.db]
+run = {db}
+stop_timeout = "2s"
+[services.db.restart]
+backoff_initial = "100ms"
+verify_timeout = "5s"
+[[services.db.checks]]
+kind = "tcp"
+address = "127.0.0.1:{db_port}"
+interval = "100ms"
+timeout = "80ms"
+
+[services.app]
+run = {app}
+depends_on = ["db"]
+stop_timeout = "2s"
+[services.app.restart]
+backoff_initial = "100ms"
+verify_timeout = "5s"
+[[services.app.checks]]
+name = "db-conn"
+kind = "tcp"
+address = "127.0.0.1:{db_port}"
+interval = "100ms"
+timeout = "80ms"
+"#,
+        socket = socket_section(dir.path()),
+        db = slow_server("1", db_port),
+        app = slow_server("0", app_port),
+    );
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
+    let mut events = Events::new(&agent);
+    let db = healthy_pid(&agent, "db").await;
+    healthy_pid(&agent, "app").await;
+
+    signal(db, Signal::KILL);
+    events
+        .wait_for("app's db-conn failing while db is down", |e| match e {
+            v1::event::Kind::CheckChanged(c)
+                if c.service == "app" && c.status == v1::CheckStatus::Unhealthy as i32 =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    events
+        .wait_for("db healthy again", |e| match e {
+            v1::event::Kind::RestartAttempted(r) if r.service == "db" && r.succeeded => Some(()),
+            _ => None,
+        })
+        .await;
+    healthy_pid(&agent, "app").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(events.restarts("app"), [], "{:#?}", events.seen);
+    assert!(agent.stop(Duration::from_secs(30)).await);
+}
+
+#[tokio::test]
+async fn four_crashes_each_healed_are_not_flapping_at_the_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let toml = format!(
+        r#"
+{socket}
+[services.web]
+run = {run}
+stop_timeout = "2s"
+[services.web.restart]
+max_attempts = 10
+backoff_initial = "50ms"
+backoff_max = "100ms"
+[[services.web.checks]]
+kind = "http"
+url = "http://127.0.0.1:{port}/"
+interval = "200ms"
+timeout = "150ms"
+"#,
+        socket = socket_section(dir.path()),
+        run = slow_server("0", port),
+    );
+    let (agent, _shutdown) = start_agent_from_toml(dir.path(), &toml);
+    let mut events = Events::new(&agent);
+    let mut pid = healthy_pid(&agent, "web").await;
+    for kill in 1..=4 {
+        signal(pid, Signal::KILL);
+        events
+            .wait_for(&format!("restart after kill {kill}"), |e| match e {
+                v1::event::Kind::RestartAttempted(r) if r.succeeded => Some(()),
+                _ => None,
+            })
+            .await;
+        pid = healthy_pid(&agent, "web").await;
+    }
+    let flapped = events.drain().iter().any(|e| {
+        matches!(e, v1::event::Kind::ServiceStateChanged(c) if c.to == v1::ServiceState::Flapping as i32)
+    });
+    assert!(!flapped, "{:#?}", events.seen);
+    assert_eq!(state_of(&agent, "web").state, ServiceState::Healthy);
+    assert!(agent.stop(Duration::from_secs(30)).await);
+}

@@ -94,7 +94,9 @@ impl Default for RestartPolicyConfig {
             backoff_max: Duration::from_secs(60),
             verify_timeout: Duration::from_secs(30),
             action_timeout: Duration::from_secs(60),
-            flap_transitions: 6,
+            // Losses of health (see the machine): four crashes healed within ten minutes are a
+            // service with a problem, not yet one that flaps; a fifth is.
+            flap_transitions: 5,
             flap_window: Duration::from_secs(600),
         }
     }

@@ -98,6 +98,9 @@ pub struct Machine {
     process_down: Option<String>,
     dep_states: BTreeMap<String, ServiceState>,
     dep_failing: Vec<bool>,
+    /// A dependency recovered: the own checks that failed meanwhile are being probed again, and
+    /// nothing counts against the service until each has a fresh verdict.
+    recheck: bool,
     paused: bool,
     /// The moment of the input being handled.
     at: Moment,
@@ -139,6 +142,7 @@ impl Machine {
             process_down: None,
             dep_states: BTreeMap::new(),
             dep_failing: vec![false; n],
+            recheck: false,
             paused,
             at,
             effects: Vec::new(),
@@ -157,11 +161,40 @@ impl Machine {
     /// Records the freshest state of a dependency without deciding anything (the supervisor
     /// calls it before each input, so no decision is taken on a stale view).
     pub fn observe_dependency(&mut self, name: &str, state: ServiceState) {
-        match self.dep_states.get_mut(name) {
-            Some(s) => *s = state,
+        let recovered = match self.dep_states.get_mut(name) {
+            Some(s) => {
+                let recovered = *s != ServiceState::Healthy && state == ServiceState::Healthy;
+                *s = state;
+                recovered
+            }
             None => {
                 self.dep_states.insert(name.to_owned(), state);
+                false
             }
+        };
+        if recovered {
+            self.dependency_recovered();
+        }
+    }
+
+    /// What the service's own checks saw while a dependency was failing is stale once it
+    /// recovers (`db-conn: connection refused` says nothing about `app` now): they start over
+    /// without a grace, and are probed quickly, before any failure counts against the service.
+    fn dependency_recovered(&mut self) {
+        if self.attempt.is_some() {
+            return;
+        }
+        let now = self.at.now;
+        let mut any = false;
+        for (t, c) in self.thresholds.iter_mut().zip(&self.config.checks) {
+            if c.dependency.is_none() && t.verdict() == Verdict::Unhealthy {
+                t.reset(now, Duration::ZERO);
+                any = true;
+            }
+        }
+        if any {
+            self.recheck = true;
+            self.control(true);
         }
     }
 
@@ -261,7 +294,11 @@ impl Machine {
                 })
             }
         };
+        let recovered = matches!(&kind, v1::event::Kind::DependencyChanged(c) if !c.failing);
         self.emit(at, kind);
+        if recovered {
+            self.dependency_recovered();
+        }
     }
 
     fn on_liveness(&mut self, l: Liveness) {
@@ -519,6 +556,11 @@ impl Machine {
                 ServiceState::Starting,
                 "waiting for checks to pass".to_owned(),
             )
+        } else if self.recheck {
+            (
+                ServiceState::Starting,
+                "re-checking after a dependency recovered".to_owned(),
+            )
         } else {
             (
                 ServiceState::Starting,
@@ -526,10 +568,23 @@ impl Machine {
             )
         };
 
-        // Flapping: healthy <-> not healthy too often. A state of its own for what it reports;
-        // restarts stay bounded by the budget either way.
+        // The re-check is over once no own check is unproven.
+        if self.recheck
+            && self
+                .thresholds
+                .iter()
+                .zip(&self.config.checks)
+                .all(|(t, c)| c.dependency.is_some() || t.verdict() != Verdict::Unknown)
+        {
+            self.recheck = false;
+            self.control(false);
+        }
+
+        // Flapping: losing health too often. A transition is a loss of health (healthy, then
+        // anything else); coming back is not counted, so one crash healed is one transition,
+        // not two. A state of its own for what it reports; restarts stay bounded by the budget.
         let healthy = state == ServiceState::Healthy;
-        if healthy != self.was_healthy && (self.ever_healthy || healthy) {
+        if self.was_healthy && !healthy {
             self.flaps.record(now);
         }
         self.was_healthy = healthy;
@@ -545,9 +600,10 @@ impl Machine {
             (
                 ServiceState::Flapping,
                 format!(
-                    "{} health transitions within {:?}; {reason}",
+                    "lost health {} times within {:?} (flap_transitions = {}); {reason}",
                     self.flaps.count(),
-                    self.config.policy.flap_window
+                    self.config.policy.flap_window,
+                    self.config.policy.flap_transitions
                 ),
             )
         } else {

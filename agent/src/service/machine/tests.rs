@@ -300,10 +300,42 @@ fn no_restart_while_a_dependency_is_unhealthy_or_healing_is_paused() {
         .at(2)
         .step(Input::Dependency("db".into(), ServiceState::Healthy));
     assert_eq!(restarts(&effects), 0);
+    // db recovered: the failure seen while it was down is checked again first (#19.3).
+    assert_eq!(d.m.state(), ServiceState::Starting);
+    let effects = d.at(2).probe(false);
+    assert_eq!(restarts(&effects), 0);
     assert_eq!(d.m.state(), ServiceState::Unhealthy);
     assert!(d.m.reason().starts_with("healing paused"));
 
     let effects = d.at(3).step(Input::Paused(false));
+    assert_eq!(restarts(&effects), 1);
+}
+
+#[test]
+fn after_a_dependency_recovers_a_stale_failure_is_checked_again_before_any_restart() {
+    let mut d = Drive::new(service(command()));
+    d.m.observe_dependency("db", ServiceState::Healthy);
+    d.at(1).probe(true);
+    d.m.observe_dependency("db", ServiceState::Restarting);
+    d.at(2).probe(false);
+    assert_eq!(d.m.state(), ServiceState::WaitingOnDependency);
+    // db is healthy again: no restart on the stale "refused", fast probing to check again.
+    d.m.observe_dependency("db", ServiceState::Healthy);
+    let effects = d
+        .at(3)
+        .step(Input::Dependency("db".into(), ServiceState::Healthy));
+    assert_eq!(restarts(&effects), 0, "{effects:?}");
+    assert!(effects.contains(&Effect::Control(Control {
+        generation: 0,
+        fast: true
+    })));
+    assert_eq!(d.m.state(), ServiceState::Starting);
+    assert_eq!(d.m.reason(), "re-checking after a dependency recovered");
+    let effects = d.at(4).probe(true);
+    assert_eq!(restarts(&effects), 0);
+    assert_eq!(d.m.state(), ServiceState::Healthy);
+    // A failure after the recovery counts as usual.
+    let effects = d.at(5).probe(false);
     assert_eq!(restarts(&effects), 1);
 }
 
@@ -426,5 +458,35 @@ fn a_start_that_never_comes_up_fails_when_the_startup_grace_is_over() {
             false,
             "not healthy within startup_grace 12s: checks not passing".into()
         )]
+    );
+}
+
+#[test]
+fn flapping_counts_losses_of_health_and_four_healed_crashes_are_not_flapping() {
+    let mut config = service(command());
+    config.policy = RestartPolicyConfig {
+        max_attempts: 100,
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(1),
+        ..RestartPolicyConfig::default()
+    };
+    assert_eq!(config.policy.flap_transitions, 5);
+    let mut d = Drive::new(config);
+    d.at(1).probe(true);
+    for crash in 1..=5u64 {
+        let t = crash * 10;
+        d.at(t).probe(false);
+        assert_ne!(d.m.state(), ServiceState::Flapping, "crash {crash}");
+        d.at(t + 1).step(Input::Restarted(Ok(None)));
+        d.at(t + 2).probe(true);
+        if crash < 5 {
+            assert_eq!(d.m.state(), ServiceState::Healthy, "crash {crash} healed");
+        }
+    }
+    assert_eq!(d.m.state(), ServiceState::Flapping);
+    assert!(
+        d.m.reason().starts_with("lost health 5 times within 600s"),
+        "{}",
+        d.m.reason()
     );
 }
