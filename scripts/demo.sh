@@ -68,10 +68,11 @@ mapfile -t azs < <(echo "$fleet" | json '"\n".join(i["availability_zone"] for i 
 target_group=$(echo "$fleet" | json 'd["target_group"]')
 say "instances: ${ids[*]}"
 
-bold "PKI: a development CA, the coordinator's certificate, an operator's and one per instance"
-instance_args=()
-for id in "${ids[@]}"; do instance_args+=(--instance "$id"); done
-"$B/autohealctl" certs init "$DIR/pki" "${instance_args[@]}" | sed 's/^/  /'
+bold "PKI: a development CA, the coordinator's certificate and an operator's; instances enroll for theirs"
+"$B/autohealctl" certs init "$DIR/pki" | sed 's/^/  /'
+# Stands in for AWS's RSA-2048 region certificate: it signs each instance's identity document.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$DIR/signer-key.pem" -out "$DIR/signer.pem" \
+  -days 1 -subj "/CN=demo stand-in for the AWS us-east-1 signer" >/dev/null 2>&1
 
 db_port=$(free_port)
 start_database() {
@@ -81,6 +82,7 @@ start_database() {
 start_database
 
 coord_port=$(free_port)
+enroll_port=$(free_port)
 cat >"$DIR/coordinator.toml" <<TOML
 coordinator_id = "demo"
 listen = "127.0.0.1:$coord_port"
@@ -110,6 +112,14 @@ startup_grace = "0s"
 asg_cooldown = "0s"
 # 5m by default: a short window so the demo's scenes don't count against each other.
 anomaly_window = "3s"
+
+[enroll]
+listen = "127.0.0.1:$enroll_port"
+ca_cert = "pki/ca.pem"
+ca_key = "pki/ca-key.pem"
+accounts = ["123456789012"]
+signers = { "us-east-1" = "signer.pem" }
+burst = 50
 TOML
 bold "coordinator: live mode (acting on the emulated AWS), embedded state"
 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true \
@@ -120,25 +130,33 @@ say "$(cat "$DIR/coordinator.out")"
 
 ctl() { "$B/autohealctl" --pki "$DIR/pki" --endpoint "127.0.0.1:$coord_port" "$@"; }
 
-bold "agents: one per instance, each supervising a web service on loopback"
-for n in 1 2 3; do
-  id=${ids[$((n - 1))]}
+bold "agents: one per instance, each supervising a web service on loopback; each enrolls itself"
+# start_agent N ID AZ: that instance's IMDSv2 (identity document signed by the demo signer) and
+# its agent, which enrolls for a certificate (no pre-issued one) and then connects.
+start_agent() {
+  local n=$1 id=$2 az=$3
+  local web_port imds_port
   web_port=$(free_port)
+  imds_port=$(free_port)
+  python3 "$ROOT/scripts/demo/imds.py" --port "$imds_port" --instance-id "$id" --az "$az" \
+    --signer-cert "$DIR/signer.pem" --signer-key "$DIR/signer-key.pem" &
+  pids+=($!)
+  wait_for 10 "the IMDS of $id" python3 -c "import socket; socket.create_connection(('127.0.0.1', $imds_port))"
   cat >"$DIR/agent-$n.toml" <<TOML
 [coordinator]
 endpoints = ["127.0.0.1:$coord_port"]
+enroll_endpoint = "127.0.0.1:$enroll_port"
 heartbeat_interval = "1s"
 reconnect_initial = "200ms"
 reconnect_max = "2s"
 
 [tls]
 ca = "pki/ca.pem"
-cert = "pki/instance-$id.pem"
-key = "pki/instance-$id-key.pem"
+cert = "agent-$n.pem"
+key = "agent-$n-key.pem"
 
 [identity]
-instance_id = "$id"
-availability_zone = "${azs[$((n - 1))]}"
+imds_endpoint = "127.0.0.1:$imds_port"
 
 [status]
 socket = "agent-$n.sock"
@@ -172,12 +190,17 @@ dependency = "postgres-main"
 TOML
   "$B/autoheal-agent" --config "$DIR/agent-$n.toml" >"$DIR/agent-$n.log" 2>&1 &
   pids+=($!)
+}
+for n in 1 2 3; do
+  start_agent "$n" "${ids[$((n - 1))]}" "${azs[$((n - 1))]}"
 done
 all_connected() {
   [ "$(ctl -o json instances | json 'sum(1 for i in d if i["connected"] and i["asg"] == "demo")')" = 3 ]
 }
 wait_for 60 "three agents connected and placed in the ASG" all_connected
 ctl instances | sed 's/^/  /'
+say "their certificates came from enrollment:"
+ctl enrollments | sed 's/^/    /'
 
 agent_json() { "$B/autoheal-agent" status --config "$DIR/agent-$1.toml" -o json; }
 web_pid() { agent_json "$1" | json 'd["services"][0].get("pid", "")'; }
@@ -228,6 +251,24 @@ say "database back"
 recovered() { ! ctl -o json status | json 'd["groups"]' | grep -q brake; }
 wait_for 60 "the brakes to release once the database is back" recovered
 say "brakes released: instances 1 and 3 healthy again; instance 2 stays out (it was replaced)"
+
+bold "scene 4: the replacement instance's agent enrolls on its own and joins the fleet"
+# moto doesn't run the Auto Scaling health-replacement loop: do what the group would do with an
+# Unhealthy instance (terminate it, keep the desired capacity, which launches a new one).
+python3 -c "
+import boto3
+s = boto3.session.Session(aws_access_key_id='demo', aws_secret_access_key='demo', region_name='us-east-1')
+s.client('autoscaling', endpoint_url='$moto').terminate_instance_in_auto_scaling_group(
+    InstanceId='${ids[1]}', ShouldDecrementDesiredCapacity=False)
+"
+new_id=$(python3 tests/fixtures/moto_query.py --endpoint "$moto" --target-group "$target_group" --asg demo |
+  json '"\n".join(i["id"] for i in d["instances"] if i["id"] not in "'"${ids[*]}"'".split())' | head -n 1)
+[ -n "$new_id" ] || fail "the auto scaling group launched no replacement"
+start_agent 4 "$new_id" "${azs[1]}"
+new_connected() { ctl -o json instances | json '"yes" if any(i["instance_id"] == "'"$new_id"'" and i["connected"] for i in d) else ""' | grep -q yes; }
+wait_for 60 "the replacement $new_id enrolled and connected" new_connected
+say "replacement $new_id enrolled and connected:"
+ctl enrollments | sed 's/^/    /'
 
 bold "autohealctl status"
 ctl status | sed 's/^/  /'
