@@ -10,6 +10,7 @@ mod agent_healing;
 mod agent_lifecycle;
 mod agent_metrics;
 mod agent_reporter;
+mod agent_units;
 mod aws;
 mod chaos;
 mod demo;
