@@ -1,11 +1,14 @@
 //! A service's process side: performs restarts and watches the main process so an exit is seen
-//! at once (a child we own is awaited directly; a systemd unit's MainPID or a pidfile's pid is
-//! polled in /proc every 250 ms), not at the next check. A `run` service's whole tree
-//! ([`Tree`]) is stopped when its main process exits, before a restart and on stop.
+//! at once, not at the next check: a child we own is awaited directly; a systemd unit's MainPID
+//! or a pidfile's pid is found by polling every 250 ms and then held as a pidfd, which wakes us
+//! the moment it exits (polling alone is the fallback where pidfd_open is refused). A `run`
+//! service's whole tree ([`Tree`]) is stopped when its main process exits, before a restart
+//! and on stop; a restart command's daemons are reaped.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{
+    net::unix::pipe,
     process::{Child, Command},
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -55,6 +58,12 @@ impl ProcessTask {
         let mut tree = Tree::new(&self.service);
         // A child of the tree died (or was re-parented to us and died): reap it.
         let mut sigchld = None;
+        // The watched pid and its pidfd.
+        let mut exit: Option<(u32, pipe::Receiver)> = None;
+        if matches!(self.action, Action::Command { .. }) {
+            // A restart command's daemons are re-parented to us (we are a subreaper): reap them.
+            sigchld = signal(SignalKind::child()).ok();
+        }
         if let Action::Run { .. } = &self.action {
             sigchld = signal(SignalKind::child())
                 .inspect_err(|e| tracing::warn!(error = %e, "cannot watch SIGCHLD; orphans are reaped at restarts only"))
@@ -71,6 +80,7 @@ impl ProcessTask {
             }
         }
         loop {
+            follow(&watched, &mut exit);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -78,6 +88,10 @@ impl ProcessTask {
                     None => break,
                     Some(ProcessCommand::Restart { reply }) => {
                         let result = self.restart(&mut child, &mut tree).await;
+                        if matches!(self.action, Action::Command { .. }) {
+                            // What the command left running, remembered while it is alive.
+                            tree.members();
+                        }
                         if let Ok(Some(pid)) = result {
                             watched = Some((pid, true));
                         } else {
@@ -102,6 +116,17 @@ impl ProcessTask {
                 Some(()) = child_signal(&mut sigchld) => {
                     tree.members();
                     tree.reap();
+                }
+                () = exited(&exit) => {
+                    exit = None;
+                    if let Some((pid, true)) = watched {
+                        watched = Some((pid, false));
+                        self.tell(Liveness::Down {
+                            pid: Some(pid),
+                            detail: format!("main process {pid} exited"),
+                        })
+                        .await;
+                    }
                 }
                 _ = tick.tick(), if !matches!(self.action, Action::Run { .. } | Action::None) => {
                     self.watch(&mut watched).await;
@@ -155,7 +180,7 @@ impl ProcessTask {
                 Ok(main_pid(unit).await)
             }
             Action::Command { argv, dir, pidfile } => {
-                run_to_completion(argv, dir, self.action_timeout).await?;
+                run_to_completion_marked(argv, dir, self.action_timeout, Some(tree.mark())).await?;
                 Ok(match pidfile {
                     Some(f) => read_pidfile(f).await.ok(),
                     None => None,
@@ -252,8 +277,51 @@ pub async fn stop(child: &mut Child, grace: Duration) {
     let _ = child.kill().await;
 }
 
+/// Keeps `exit` on the pidfd of the watched pid while it is alive (a new pid, a new pidfd).
+fn follow(watched: &Option<(u32, bool)>, exit: &mut Option<(u32, pipe::Receiver)>) {
+    let want = match watched {
+        Some((pid, true)) => Some(*pid),
+        _ => None,
+    };
+    if exit.as_ref().map(|(p, _)| *p) == want {
+        return;
+    }
+    *exit = want.and_then(|pid| {
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::NONBLOCK).ok()?;
+        // Not a pipe, but a pollable "special file" as tokio's safe constructor allows: epoll
+        // reports a pidfd readable once its process exits, and only `readable()` is used.
+        pipe::Receiver::from_owned_fd_unchecked(fd)
+            .ok()
+            .map(|fd| (pid, fd))
+    });
+}
+
+/// A pidfd turns readable when its process exits.
+async fn exited(exit: &Option<(u32, pipe::Receiver)>) {
+    if let Some((_, fd)) = exit
+        && fd.readable().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
 async fn run_to_completion(argv: &[String], dir: &Path, timeout: Duration) -> Result<(), String> {
+    run_to_completion_marked(argv, dir, timeout, None).await
+}
+
+/// Runs `argv`; `mark`, if any, goes into its environment (and so its daemons') for [`Tree`].
+async fn run_to_completion_marked(
+    argv: &[String],
+    dir: &Path,
+    timeout: Duration,
+    mark: Option<(&str, &str)>,
+) -> Result<(), String> {
     let mut c = command(argv, dir).map_err(str::to_owned)?;
+    if let Some((var, value)) = mark {
+        c.env(var, value);
+    }
     let child = c
         .stdin(Stdio::null())
         .stdout(Stdio::null())
