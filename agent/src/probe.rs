@@ -84,7 +84,8 @@ async fn run_inner(probe: &Probe, timeout: Duration) -> Outcome {
 }
 
 async fn http_probe(h: &HttpProbe, timeout: Duration) -> Outcome {
-    match http::request(&h.host, h.port, &h.method, &h.path, &[], timeout).await {
+    let tls = h.tls.as_ref().map(|t| &t.config);
+    match http::request_over(&h.host, h.port, &h.method, &h.path, &[], timeout, tls).await {
         Err(e) => Outcome::fail(e.to_string()),
         Ok(r) => {
             let (lo, hi) = h.status;

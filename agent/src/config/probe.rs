@@ -5,12 +5,13 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use autoheal_common::config::ConfigErrors;
+use rustls_pki_types::pem::PemObject;
 
 use super::{
     check::{argv_ok, duration, int, positive, segment},
     parse::shown,
     raw::RawCheck,
-    typed::{CheckConfig, CheckKind, HttpProbe, Probe, ProcessMatch},
+    typed::{CheckConfig, CheckKind, HttpProbe, HttpsTrust, Probe, ProcessMatch},
 };
 
 fn kinds() -> String {
@@ -103,7 +104,7 @@ pub(super) fn health_check(
     }
 
     // Which kind-specific fields are set, so a field meant for another kind is reported.
-    let fields: [(&str, bool, &[CheckKind]); 14] = [
+    let fields: [(&str, bool, &[CheckKind]); 15] = [
         ("url", raw.url.is_some(), &[CheckKind::Http]),
         ("method", raw.method.is_some(), &[CheckKind::Http]),
         (
@@ -134,6 +135,7 @@ pub(super) fn health_check(
             &[CheckKind::Process],
         ),
         ("pidfile", raw.pidfile.is_some(), &[CheckKind::Process]),
+        ("ca", raw.ca.is_some(), &[CheckKind::Http]),
         ("unit", raw.unit.is_some(), &[CheckKind::Systemd]),
         ("path", raw.path.is_some(), &[CheckKind::Disk]),
         (
@@ -174,6 +176,28 @@ pub(super) fn health_check(
                     (String::new(), 0, "/".to_owned())
                 }),
             };
+            let https = raw
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"));
+            if raw.ca.is_some() && !https {
+                errors.push(format!("{p}.ca"), "only used with an https:// url");
+            }
+            let tls = https
+                .then(|| {
+                    let ca = raw.ca.as_ref().map(|c| base.join(c));
+                    https_trust(ca.as_deref())
+                        .map(|config| HttpsTrust {
+                            ca,
+                            config: std::sync::Arc::new(config),
+                        })
+                        .map_err(|e| {
+                            let key = if raw.ca.is_some() { "ca" } else { "url" };
+                            errors.push(format!("{p}.{key}"), e);
+                        })
+                        .ok()
+                })
+                .flatten();
             let method = raw.method.clone().unwrap_or_else(|| "GET".to_owned());
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 errors.push(
@@ -198,6 +222,7 @@ pub(super) fn health_check(
                 method,
                 status,
                 body_contains: raw.body_contains.clone(),
+                tls,
             })
         }
         CheckKind::Tcp | CheckKind::Grpc => {
@@ -329,15 +354,45 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// `http://host[:port][/path]` → host, port, path.
+/// The rustls client config of an https check: `ca`'s certificates, or the system's roots.
+fn https_trust(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(match ca {
+            Some(p) => format!("{}: no certificates in it", p.display()),
+            None => "https: no system root certificates found; set ca = \"ca.pem\"".to_owned(),
+        });
+    }
+    rustls::ClientConfig::builder_with_provider(autoheal_common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `http(s)://host[:port][/path]` → host, port (80 or 443 by default), path.
 pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{}: https is not supported by http checks; check the plain-HTTP health port, or use a tcp check",
-            shown(url)
-        ));
+    let (rest, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, 443)
     } else {
         return Err(format!(
             "{} is not a URL: use e.g. \"http://127.0.0.1:8080/healthz\"",
@@ -351,7 +406,7 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
     let hostport = if authority.contains(':') && !authority.ends_with(']') {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
     let (host, port) =
         parse_host_port(&hostport).map_err(|_| format!("{}: bad host or port", shown(url)))?;

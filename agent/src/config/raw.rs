@@ -113,6 +113,8 @@ pub struct RawCheck {
     pub method: Option<String>,
     pub expect_status: Option<String>,
     pub body_contains: Option<String>,
+    /// https: a PEM CA file to trust instead of the system's roots.
+    pub ca: Option<String>,
     // tcp, grpc
     pub address: Option<String>,
     pub grpc_service: Option<String>,

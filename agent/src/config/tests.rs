@@ -83,7 +83,7 @@ fn every_error_is_listed_with_its_path() {
         bogus = 1
         [[services.web.checks]]
         kind = "http"
-        url = "https://x/"
+        url = "https://x:0/"
         [[services.web.checks]]
         kind = "tcp"
         address = "127.0.0.1:1"
@@ -106,7 +106,7 @@ fn every_error_is_listed_with_its_path() {
         "services.web: run and unit are exclusive",
         "services.web.bogus: unknown key",
         "services.web.depends_on[0]: no service named \"ghost\"",
-        "services.web.checks[0].url: \"https://x/\": https is not supported",
+        "services.web.checks[0].url: \"https://x:0/\": bad host or port",
         "services.web.checks[1].timeout: must be shorter than interval",
         "services.web.checks[2].kind: unknown check kind \"telepathy\"",
         "services.web.checks[3].url: not used by exec checks",

@@ -160,7 +160,31 @@ pub struct HttpProbe {
     pub method: String,
     pub status: (u16, u16),
     pub body_contains: Option<String>,
+    /// `https://` URLs: how the server is verified.
+    pub tls: Option<HttpsTrust>,
 }
+
+/// Who an https check trusts: the system's roots, or the CA file the check names. The rustls
+/// config is built once, at load, so a bad CA is a config error and a probe reads no file.
+#[derive(Clone)]
+pub struct HttpsTrust {
+    pub ca: Option<PathBuf>,
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for HttpsTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpsTrust").field("ca", &self.ca).finish()
+    }
+}
+
+impl PartialEq for HttpsTrust {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca == other.ca
+    }
+}
+
+impl Eq for HttpsTrust {}
 
 /// What a check probes; its name is the `kind` of a check in the config and on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
