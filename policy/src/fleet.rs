@@ -214,9 +214,86 @@ pub struct AsgInstance {
     pub lifecycle: Lifecycle,
     /// Health status the ASG holds for it.
     pub health: AsgHealth,
-    /// Scale-in protection. Informational: it does not stop a health replacement in AWS, and it
-    /// does not stop autoheal either (use `skipped` for that).
+    /// Scale-in protection. It does not stop a health replacement in AWS, but autoheal holds
+    /// (and alerts) unless the ASG's `replace_protected` is set: someone protected it on purpose.
     pub protected: bool,
+    /// Its group's conditions, read in the same listing.
+    pub group: AsgConditions,
+}
+
+/// What an Auto Scaling group is doing or not doing, as its listing says: the processes
+/// suspended, an instance refresh under way, the health check grace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AsgConditions {
+    /// Scaling processes suspended on the group (`SuspendedProcesses`).
+    pub suspended: BTreeSet<ScalingProcess>,
+    /// An instance refresh is `Pending`, `InProgress`, `Cancelling`, `RollbackInProgress` or
+    /// `Baking` (`DescribeInstanceRefreshes`): the ASG is replacing instances itself.
+    pub refresh: Option<String>,
+    /// The group's `HealthCheckGracePeriod`: a new instance is not judged before it ends.
+    pub health_check_grace: std::time::Duration,
+}
+
+impl AsgConditions {
+    /// Whether the ASG can replace an instance at all: it must both launch and terminate. With
+    /// `ReplaceUnhealthy` suspended too, only terminate-without-decrement replaces.
+    pub fn can_replace(&self) -> bool {
+        !self.suspended.contains(&ScalingProcess::Launch)
+            && !self.suspended.contains(&ScalingProcess::Terminate)
+    }
+
+    /// Whether `SetInstanceHealth Unhealthy` would make the ASG replace the instance.
+    pub fn replaces_unhealthy(&self) -> bool {
+        self.can_replace() && !self.suspended.contains(&ScalingProcess::ReplaceUnhealthy)
+    }
+}
+
+/// An Auto Scaling process that can be suspended.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ScalingProcess {
+    /// `Launch`.
+    Launch,
+    /// `Terminate`.
+    Terminate,
+    /// `ReplaceUnhealthy`: the ASG replaces instances marked unhealthy.
+    ReplaceUnhealthy,
+    /// `HealthCheck`.
+    HealthCheck,
+    /// `AZRebalance`.
+    AzRebalance,
+    /// `InstanceRefresh`.
+    InstanceRefresh,
+    /// Any other process (`AlarmNotification`, `ScheduledActions`, `AddToLoadBalancer`, …).
+    Other(String),
+}
+
+impl ScalingProcess {
+    /// Maps an AWS `ProcessName`.
+    pub fn from_aws(name: &str) -> ScalingProcess {
+        match name {
+            "Launch" => ScalingProcess::Launch,
+            "Terminate" => ScalingProcess::Terminate,
+            "ReplaceUnhealthy" => ScalingProcess::ReplaceUnhealthy,
+            "HealthCheck" => ScalingProcess::HealthCheck,
+            "AZRebalance" => ScalingProcess::AzRebalance,
+            "InstanceRefresh" => ScalingProcess::InstanceRefresh,
+            other => ScalingProcess::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ScalingProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScalingProcess::Launch => "Launch",
+            ScalingProcess::Terminate => "Terminate",
+            ScalingProcess::ReplaceUnhealthy => "ReplaceUnhealthy",
+            ScalingProcess::HealthCheck => "HealthCheck",
+            ScalingProcess::AzRebalance => "AZRebalance",
+            ScalingProcess::InstanceRefresh => "InstanceRefresh",
+            ScalingProcess::Other(s) => s,
+        })
+    }
 }
 
 /// ASG lifecycle states. Anything but `InService` holds every destructive step.

@@ -49,8 +49,8 @@ pub use decision::{
 };
 pub use engine::Engine;
 pub use fleet::{
-    AgentView, AsgHealth, AsgInstance, AsgName, Az, Escalation, Fleet, InstanceId, InstanceView,
-    Lifecycle, Pause, TargetGroup, TargetState, TargetView,
+    AgentView, AsgConditions, AsgHealth, AsgInstance, AsgName, Az, Escalation, Fleet, InstanceId,
+    InstanceView, Lifecycle, Pause, ScalingProcess, TargetGroup, TargetState, TargetView,
 };
 pub use guardrail::{BrakeScope, Guardrail};
 pub use remediation::{

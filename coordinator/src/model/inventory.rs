@@ -2,10 +2,11 @@
 //! balancer's view of each target — typed where they enter (in the SDK adapter), so nothing
 //! downstream parses an AWS string again.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// The lifecycle, health and target states are the policy engine's own types: one of each.
-pub use autoheal_policy::{AsgHealth, Lifecycle, TargetState};
+pub use autoheal_policy::{AsgConditions, AsgHealth, Lifecycle, ScalingProcess, TargetState};
 
 /// An Auto Scaling group as the inventory sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,21 @@ pub struct Group {
     pub target_groups: Vec<String>,
     pub instances: Vec<Member>,
     pub health_check_grace: Duration,
+    /// `SuspendedProcesses`, typed.
+    pub suspended: BTreeSet<ScalingProcess>,
+    /// The status of an instance refresh under way (`Pending`, `InProgress`, …), if any.
+    pub refresh: Option<String>,
+}
+
+impl Group {
+    /// The group's conditions as the policy engine reads them with each member.
+    pub fn conditions(&self) -> AsgConditions {
+        AsgConditions {
+            suspended: self.suspended.clone(),
+            refresh: self.refresh.clone(),
+            health_check_grace: self.health_check_grace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +39,8 @@ pub struct Member {
     pub lifecycle: Lifecycle,
     pub health: AsgHealth,
     pub protected: bool,
+    /// Its group's conditions at the same listing (the fleet view keeps members, not groups).
+    pub group: AsgConditions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::fleet::{AsgName, Az, Lifecycle, TargetGroup};
+use crate::fleet::{AsgName, Az, Lifecycle, ScalingProcess, TargetGroup};
 use crate::time::HumanDuration;
 
 mod rules;
@@ -136,6 +136,25 @@ pub enum Guardrail {
         /// The window.
         window: Duration,
     },
+    /// The ASG cannot replace an instance: `Launch` or `Terminate` is suspended, so neither
+    /// `SetInstanceHealth` nor terminate-without-decrement would bring a new one; taking this one
+    /// out of traffic would only lose capacity.
+    ProcessesSuspended {
+        /// The ASG.
+        asg: AsgName,
+        /// Every process suspended on it.
+        suspended: Vec<ScalingProcess>,
+    },
+    /// An instance refresh is under way in the ASG: it is replacing instances itself.
+    InstanceRefresh {
+        /// The ASG.
+        asg: AsgName,
+        /// The refresh's status (`InProgress`, `Pending`, …).
+        status: String,
+    },
+    /// The ASG already holds the instance `Unhealthy` and will replace it on its own; it is not
+    /// set again.
+    AlreadyUnhealthy,
     /// Too many instances of the ASG name the same failing dependency.
     DependencyBrake {
         /// The ASG.
@@ -176,6 +195,9 @@ impl Guardrail {
             Guardrail::MinHealthy { .. } => "min_healthy",
             Guardrail::AnomalyBrake { .. } => "anomaly_brake",
             Guardrail::DependencyBrake { .. } => "dependency_brake",
+            Guardrail::ProcessesSuspended { .. } => "processes_suspended",
+            Guardrail::InstanceRefresh { .. } => "instance_refresh",
+            Guardrail::AlreadyUnhealthy => "already_unhealthy",
         }
     }
 
@@ -291,6 +313,24 @@ impl fmt::Display for Guardrail {
                  within {}; limit {limit_percent}%",
                 percent(*bad, *total),
                 HumanDuration(*window)
+            ),
+            Guardrail::ProcessesSuspended { asg, suspended } => write!(
+                f,
+                "processes suspended: asg {asg} has {} suspended; it cannot launch and terminate, \
+                 so nothing would replace this instance (resume the processes to let autoheal act)",
+                suspended
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Guardrail::InstanceRefresh { asg, status } => write!(
+                f,
+                "instance refresh: asg {asg} has an instance refresh {status}; it is replacing \
+                 instances itself"
+            ),
+            Guardrail::AlreadyUnhealthy => f.write_str(
+                "already unhealthy: the ASG holds this instance Unhealthy and replaces it on its own",
             ),
             Guardrail::DependencyBrake {
                 asg,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{BrakeScope, Guardrail};
 use crate::assess::{Assessment, Assessments};
 use crate::config::{Config, GuardrailConfig};
-use crate::fleet::{AsgName, Fleet, InstanceView, Lifecycle, TargetState};
+use crate::fleet::{AsgHealth, AsgName, Fleet, InstanceView, Lifecycle, TargetState};
 use crate::remediation::{Remediation, RemediationBook, Step};
 use crate::time::Timestamp;
 
@@ -155,13 +155,18 @@ impl Rules<'_> {
             held.push(Guardrail::SharedDependency { dependencies: deps });
         }
         held.extend(brakes.iter().cloned());
+        if step != Step::Ssm {
+            held.extend(self.asg_conditions(inst, step));
+        }
         if !continuing {
             let age = now.since(inst.launched_at);
-            if age < g.startup_grace {
-                held.push(Guardrail::StartupGrace {
-                    age,
-                    grace: g.startup_grace,
-                });
+            // The ASG's own health check grace counts too: inside it the ASG itself doesn't judge
+            // the instance, and neither does autoheal.
+            let grace = inst.asg_instance.as_ref().map_or(g.startup_grace, |a| {
+                g.startup_grace.max(a.group.health_check_grace)
+            });
+            if age < grace {
+                held.push(Guardrail::StartupGrace { age, grace });
             }
             let flips = count(
                 inst.health_changes
@@ -189,6 +194,34 @@ impl Rules<'_> {
         }
         if step != Step::Ssm {
             held.extend(self.min_healthy(book, inst, g));
+        }
+        held
+    }
+
+    /// What the ASG's own state holds: a refresh under way, processes that make a replacement
+    /// impossible, an instance it already holds unhealthy. Destructive steps only.
+    fn asg_conditions(&self, inst: &InstanceView, step: Step) -> Vec<Guardrail> {
+        let mut held = Vec::new();
+        let Some(a) = &inst.asg_instance else {
+            return held;
+        };
+        if let Some(status) = &a.group.refresh {
+            held.push(Guardrail::InstanceRefresh {
+                asg: inst.asg.clone(),
+                status: status.clone(),
+            });
+        }
+        if !a.group.can_replace() {
+            held.push(Guardrail::ProcessesSuspended {
+                asg: inst.asg.clone(),
+                suspended: a.group.suspended.iter().cloned().collect(),
+            });
+        }
+        // Marking it again changes nothing; where the ASG won't replace unhealthy instances,
+        // terminate mode still can.
+        if step == Step::Replace && a.health == AsgHealth::Unhealthy && a.group.replaces_unhealthy()
+        {
+            held.push(Guardrail::AlreadyUnhealthy);
         }
         held
     }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod asg_conditions;
 mod disasters;
 mod guardrails;
 mod ladder;

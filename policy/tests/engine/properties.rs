@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autoheal_policy::{
-    Action, AsgName, BrakeScope, Config, DecisionKind, Engine, Fleet, Guardrail, GuardrailConfig,
-    GuardrailOverride, InstanceId, Lifecycle, Plan, RawConfig, Remediation, RemediationBook, Stage,
-    TargetGroup, TargetState, Timestamp,
+    Action, AsgConditions, AsgHealth, AsgName, BrakeScope, Config, DecisionKind, Engine, Fleet,
+    Guardrail, GuardrailConfig, GuardrailOverride, InstanceId, Lifecycle, Plan, RawConfig,
+    Remediation, RemediationBook, ScalingProcess, Stage, TargetGroup, TargetState, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -46,7 +46,19 @@ enum Event {
     Pause(bool),
     Drain(usize),
     ToggleDryRun(usize),
+    /// The ASG's conditions change: suspended processes (a mask over `PROCESSES`), an instance
+    /// refresh under way, its health check grace in seconds.
+    Group(usize, u8, bool, u64),
+    /// The ASG marks an instance unhealthy (or healthy again).
+    AsgHealth(usize, bool),
 }
+
+const PROCESSES: [ScalingProcess; 4] = [
+    ScalingProcess::Launch,
+    ScalingProcess::Terminate,
+    ScalingProcess::ReplaceUnhealthy,
+    ScalingProcess::AzRebalance,
+];
 
 #[derive(Debug, Clone)]
 struct Tick {
@@ -168,8 +180,11 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (i.clone(), lifecycle()).prop_map(|(i, l)| Event::Lifecycle(i, l)),
         1 => (i.clone(), prop::bool::weighted(0.2)).prop_map(|(i, s)| Event::Skip(i, s)),
         1 => prop::bool::weighted(0.3).prop_map(Event::Pause),
-        3 => i.prop_map(Event::Drain),
+        3 => i.clone().prop_map(Event::Drain),
         1 => (0usize..3).prop_map(Event::ToggleDryRun),
+        1 => (0usize..3, 0u8..16, prop::bool::weighted(0.3), prop_oneof![Just(0u64), 0u64..900])
+            .prop_map(|(a, m, r, g)| Event::Group(a, m, r, g)),
+        1 => (i, prop::bool::weighted(0.5)).prop_map(|(i, u)| Event::AsgHealth(i, u)),
     ]
 }
 
@@ -307,6 +322,34 @@ fn apply(sim: &mut Sim, event: &Event, g: &GuardrailConfig, dry_run: &mut [bool;
         Event::ToggleDryRun(asg) => {
             dry_run[*asg] = !dry_run[*asg];
             sim.engine = Engine::new(config(g, *dry_run));
+        }
+        Event::Group(asg, mask, refresh, grace) => {
+            let conditions = AsgConditions {
+                suspended: PROCESSES
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| mask & (1 << k) != 0)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+                refresh: refresh.then(|| "InProgress".to_owned()),
+                health_check_grace: secs(*grace),
+            };
+            for inst in &mut sim.fleet.instances {
+                if inst.asg.as_str() == ASGS[*asg]
+                    && let Some(a) = inst.asg_instance.as_mut()
+                {
+                    a.group = conditions.clone();
+                }
+            }
+        }
+        Event::AsgHealth(i, unhealthy) => {
+            if let Some(a) = sim.inst_mut(&name(*i)).asg_instance.as_mut() {
+                a.health = if *unhealthy {
+                    AsgHealth::Unhealthy
+                } else {
+                    AsgHealth::Healthy
+                };
+            }
         }
         _ => {}
     }
@@ -712,6 +755,62 @@ proptest! {
             let mut book = p.before.clone();
             let plan = p.engine.decide_assessed(p.fleet, &stale, &mut book, p.now);
             prop_assert_eq!(&plan, p.plan);
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn never_a_destructive_step_during_an_instance_refresh(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.acts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let refresh = inst.asg_instance.as_ref().and_then(|a| a.group.refresh.clone());
+                prop_assert!(matches!(action, Action::SsmRemediate) || refresh.is_none(),
+                    "{} {:?} during refresh {:?}", id, action, refresh);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn never_out_of_traffic_where_the_asg_cannot_replace(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.acts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let group = inst.asg_instance.as_ref().map(|a| a.group.clone()).unwrap_or_default();
+                prop_assert!(matches!(action, Action::SsmRemediate) || group.can_replace(),
+                    "{} {:?} with {:?} suspended", id, action, group.suspended);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn an_instance_the_asg_already_holds_unhealthy_is_not_marked_again(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.acts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let a = inst.asg_instance.as_ref().expect("in service, so the ASG reported it");
+                prop_assert!(!(matches!(action, Action::Replace)
+                    && a.health == AsgHealth::Unhealthy
+                    && a.group.replaces_unhealthy()),
+                    "{} marked unhealthy again", id);
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn no_remediation_starts_inside_the_asg_health_check_grace(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.starts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let grace = inst.asg_instance.as_ref().map(|a| a.group.health_check_grace)
+                    .unwrap_or_default();
+                let age = p.now.since(inst.launched_at);
+                prop_assert!(age >= grace, "{} started {:?} at age {:?} in grace {:?}",
+                    id, action, age, grace);
+            }
             Ok(())
         })?;
     }

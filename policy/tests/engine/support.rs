@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autoheal_policy::{
-    Action, AgentView, AsgHealth, AsgInstance, AsgName, Assessments, Az, Config, Decision,
-    DecisionKind, Engine, Escalation, Fleet, Guardrail, InstanceId, InstanceView, Lifecycle,
-    Outcome, Plan, RemediationBook, TargetGroup, TargetState, TargetView, Timestamp,
+    Action, AgentView, AsgConditions, AsgHealth, AsgInstance, AsgName, Assessments, Az, Config,
+    Decision, DecisionKind, Engine, Escalation, Fleet, Guardrail, InstanceId, InstanceView,
+    Lifecycle, Outcome, Plan, RemediationBook, TargetGroup, TargetState, TargetView, Timestamp,
 };
 
 /// The simulated clock starts here; instances built by the helpers launched an hour earlier.
@@ -53,6 +53,7 @@ pub fn healthy_instance(
             lifecycle: Lifecycle::InService,
             health: AsgHealth::Healthy,
             protected: false,
+            group: AsgConditions::default(),
         }),
         skipped: false,
         health_changes: Vec::new(),

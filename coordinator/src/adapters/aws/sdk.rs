@@ -1,5 +1,6 @@
 //! SDK implementations of the AWS traits. The only module that builds SDK clients.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -13,7 +14,9 @@ use crate::model::inventory::CommandStatus;
 use crate::model::inventory::Group;
 use crate::model::inventory::Member;
 use crate::model::inventory::Selector;
-use crate::model::inventory::{AsgHealth, Lifecycle, Target, TargetState};
+use crate::model::inventory::{
+    AsgConditions, AsgHealth, Lifecycle, ScalingProcess, Target, TargetState,
+};
 use crate::ports::aws::LoadBalancer;
 use crate::ports::aws::RemoteCommand;
 use crate::ports::aws::ScalingGroups;
@@ -92,7 +95,22 @@ impl ScalingGroups for Clients {
             )
             .await?;
             for g in page.auto_scaling_groups() {
+                let suspended: BTreeSet<ScalingProcess> = g
+                    .suspended_processes()
+                    .iter()
+                    .filter_map(|p| p.process_name())
+                    .map(ScalingProcess::from_aws)
+                    .collect();
+                let conditions = AsgConditions {
+                    suspended: suspended.clone(),
+                    refresh: None,
+                    health_check_grace: Duration::from_secs(
+                        u64::try_from(g.health_check_grace_period().unwrap_or(0)).unwrap_or(0),
+                    ),
+                };
                 groups.push(Group {
+                    suspended,
+                    refresh: None,
                     name: g.auto_scaling_group_name().unwrap_or_default().to_owned(),
                     target_groups: g.target_group_arns().to_vec(),
                     health_check_grace: Duration::from_secs(
@@ -113,6 +131,7 @@ impl ScalingGroups for Clients {
                                 AsgHealth::Healthy
                             },
                             protected: i.protected_from_scale_in().unwrap_or(false),
+                            group: conditions.clone(),
                         })
                         .collect(),
                 });

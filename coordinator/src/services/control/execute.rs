@@ -42,7 +42,7 @@ impl Controller {
         action: &policy::Action,
     ) -> policy::Outcome {
         let instance = d.instance.to_string();
-        let step = step_of(action, self.settings.replace_with);
+        let step = step_of(action, self.replace_with(&instance));
         let since = now_ms().saturating_sub(u64::try_from(DONE_WINDOW.as_millis()).unwrap_or(0));
         if let Some(done) = self.journal.succeeded_since(&instance, step, since) {
             tracing::info!(instance, step = step.as_str(), key = %done.key, "already done; not repeating");
@@ -147,7 +147,7 @@ impl Controller {
                 ))
             }
             policy::Action::Replace => {
-                match self.settings.replace_with {
+                match self.replace_with(instance) {
                     ReplaceWith::SetInstanceHealth => self
                         .hands
                         .groups

@@ -49,6 +49,24 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// How a replacement is asked for on `instance`: as configured, except that where the group
+    /// has `ReplaceUnhealthy` suspended, `SetInstanceHealth` would replace nothing, so only
+    /// terminate-without-decrement can (the engine holds the step where that can't work either).
+    pub(super) fn replace_with(&self, instance: &str) -> ReplaceWith {
+        let replaces = self
+            .fleet
+            .instance(instance)
+            .and_then(|r| r.asg_member)
+            .is_none_or(|m| m.group.replaces_unhealthy());
+        if replaces {
+            self.settings.replace_with
+        } else {
+            ReplaceWith::Terminate
+        }
+    }
+}
+
 /// The policy engine's view of one instance. Only instances a managed ASG claims are in it:
 /// the rest are reported, never acted on.
 pub(super) fn instance_view(r: &InstanceRecord, now: SystemTime) -> Option<policy::InstanceView> {
@@ -104,6 +122,7 @@ pub(super) fn instance_view(r: &InstanceRecord, now: SystemTime) -> Option<polic
             lifecycle: member.lifecycle.clone(),
             health: member.health,
             protected: member.protected,
+            group: member.group.clone(),
         }),
         skipped: r.skipped,
         // Filled in by the controller from verdict flips.
