@@ -5,6 +5,8 @@
 pub const COORDINATOR_ACTIONS: &[&str] = &[
     // Inventory: groups, their instances (lifecycle, health, protection) and target groups.
     "autoscaling:DescribeAutoScalingGroups",
+    // An instance refresh under way holds destructive steps in its group.
+    "autoscaling:DescribeInstanceRefreshes",
     // Replacement.
     "autoscaling:SetInstanceHealth",
     "autoscaling:TerminateInstanceInAutoScalingGroup",

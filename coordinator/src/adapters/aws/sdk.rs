@@ -65,6 +65,62 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// The status of an instance refresh under way in `group`, if any. One attempt per pass: an
+    /// emulator without the call (moto answers 500) must not slow every pass with retries, so a
+    /// failure counts as "none under way" and is logged once — except AccessDenied, a missing
+    /// IAM grant that must not silently turn the guardrail off.
+    async fn refresh_under_way(&self, group: &str) -> Result<Option<String>, AwsError> {
+        use aws_sdk_autoscaling::types::InstanceRefreshStatus as S;
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let once = AwsSettings {
+            max_attempts: 1,
+            ..self.settings.clone()
+        };
+        let out = retry(&once, "autoscaling:DescribeInstanceRefreshes", || {
+            self.autoscaling
+                .describe_instance_refreshes()
+                .auto_scaling_group_name(group)
+                .send()
+        })
+        .await;
+        match out {
+            Ok(out) => Ok(out
+                .instance_refreshes()
+                .iter()
+                .filter_map(|r| r.status())
+                .find(|s| {
+                    matches!(
+                        s,
+                        S::Pending
+                            | S::InProgress
+                            | S::Cancelling
+                            | S::RollbackInProgress
+                            | S::Baking
+                    )
+                })
+                .map(|s| s.as_str().to_owned())),
+            Err(e)
+                if e.code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("AccessDenied")) =>
+            {
+                Err(e)
+            }
+            Err(error) => {
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        %error,
+                        "cannot read instance refreshes; acting as if none were under way"
+                    );
+                });
+                tracing::debug!(%error, group, "DescribeInstanceRefreshes failed");
+                Ok(None)
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ScalingGroups for Clients {
     async fn groups(&self, selector: &Selector) -> Result<Vec<Group>, AwsError> {
@@ -138,9 +194,17 @@ impl ScalingGroups for Clients {
             }
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
-                return Ok(groups);
+                break;
             }
         }
+        for group in &mut groups {
+            group.refresh = self.refresh_under_way(&group.name).await?;
+            let conditions = group.conditions();
+            for member in &mut group.instances {
+                member.group = conditions.clone();
+            }
+        }
+        Ok(groups)
     }
 
     async fn mark_unhealthy(
