@@ -13,18 +13,18 @@ use autoheal_tests::{
 };
 use autohealctl::pki::Validity;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-struct World {
-    moto: Moto,
-    proxy: FaultProxy,
-    fleet: FleetFixture,
-    pki: Pki,
-    coordinator: Coordinator,
-    agents: Vec<SimAgent>,
+pub(crate) struct World {
+    pub(crate) moto: Moto,
+    pub(crate) proxy: FaultProxy,
+    pub(crate) fleet: FleetFixture,
+    pub(crate) pki: Pki,
+    pub(crate) coordinator: Coordinator,
+    pub(crate) agents: Vec<SimAgent>,
 }
 
-async fn world(extra_env: &[(&str, &str)], tuning: &str) -> World {
+pub(crate) async fn world(extra_env: &[(&str, &str)], tuning: &str) -> World {
     world_selecting(extra_env, tuning, r#"asg_names = ["web"]"#).await
 }
 
@@ -77,7 +77,7 @@ asg_cooldown = "0s"
     }
 }
 
-fn target_state(q: &serde_json::Value, id: &str) -> Option<String> {
+pub(crate) fn target_state(q: &serde_json::Value, id: &str) -> Option<String> {
     q["targets"]
         .as_array()?
         .iter()
@@ -85,7 +85,7 @@ fn target_state(q: &serde_json::Value, id: &str) -> Option<String> {
         .map(|t| t["state"].as_str().unwrap_or_default().to_owned())
 }
 
-fn asg_health(q: &serde_json::Value, id: &str) -> Option<String> {
+pub(crate) fn asg_health(q: &serde_json::Value, id: &str) -> Option<String> {
     q["instances"]
         .as_array()?
         .iter()
@@ -94,7 +94,7 @@ fn asg_health(q: &serde_json::Value, id: &str) -> Option<String> {
 }
 
 /// Waits until every agent is connected and the inventory has placed every instance in its ASG.
-async fn settled(w: &World) {
+pub(crate) async fn settled(w: &World) {
     let ids: Vec<String> = w.fleet.instances.iter().map(|(i, _)| i.clone()).collect();
     let coordinator = &w.coordinator;
     let pki = &w.pki;

@@ -16,6 +16,7 @@ mod chaos;
 mod demo;
 mod enroll;
 mod ha;
+mod lifecycle;
 mod metrics;
 mod notify;
 mod spine;
