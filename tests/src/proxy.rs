@@ -45,6 +45,9 @@ struct State {
     delays: HashMap<String, Duration>,
     /// The bodies of the requests AWS (moto) accepted (2xx), by action, oldest first.
     accepted: HashMap<String, Vec<String>>,
+    /// Actions the proxy answers itself with this (query-protocol XML) body: what moto cannot
+    /// produce (an instance refresh under way, for one).
+    answers: HashMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,16 @@ impl FaultProxy {
         })
     }
 
+    /// From now on the proxy answers `action` itself with `xml` (HTTP 200); `None` forwards it
+    /// again.
+    pub fn answer(&self, action: &str, xml: Option<&str>) {
+        let mut state = self.lock();
+        match xml {
+            Some(xml) => state.answers.insert(action.to_owned(), xml.to_owned()),
+            None => state.answers.remove(action),
+        };
+    }
+
     /// From now on, `DescribeTargetHealth` answers say `instance` fails its health checks.
     pub fn fail_target(&self, instance: &str) {
         self.lock().failing_targets.push(instance.to_owned());
@@ -198,7 +211,7 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let (action, json) = action_of(&parts.headers, &body);
-    let (fault, failing) = {
+    let (fault, failing, answer) = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         *state.counts.entry(action.clone()).or_default() += 1;
         state
@@ -213,8 +226,15 @@ async fn handle(
                 .get(&action)
                 .map(|max| Fault::Delay(max.mul_f64(rand::random::<f64>())))
         });
-        (fault, state.failing_targets.clone())
+        (
+            fault,
+            state.failing_targets.clone(),
+            state.answers.get(&action).cloned(),
+        )
     };
+    if let Some(xml) = answer {
+        return Ok(respond(200, "text/xml", xml));
+    }
     match fault {
         Some(Fault::Throttle) if json => {
             return Ok(respond(

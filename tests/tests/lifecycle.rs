@@ -112,3 +112,50 @@ async fn replacement_asks_the_asg_to_respect_its_grace_period() {
     assert_eq!(w.proxy.count("SetInstanceHealth"), 1);
 }
 
+/// What `DescribeInstanceRefreshes` says while a refresh of `asg` runs (moto has no such call).
+fn refresh_in_progress(asg: &str) -> String {
+    format!(
+        r#"<DescribeInstanceRefreshesResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><DescribeInstanceRefreshesResult><InstanceRefreshes><member><InstanceRefreshId>r-0e2e</InstanceRefreshId><AutoScalingGroupName>{asg}</AutoScalingGroupName><Status>InProgress</Status><PercentageComplete>30</PercentageComplete></member></InstanceRefreshes></DescribeInstanceRefreshesResult><ResponseMetadata><RequestId>fault-proxy</RequestId></ResponseMetadata></DescribeInstanceRefreshesResponse>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_refresh_in_progress_holds_remediation_until_it_ends() {
+    let w = world(&[], "").await;
+    w.proxy.answer(
+        "DescribeInstanceRefreshes",
+        Some(&refresh_in_progress(&w.fleet.asg)),
+    );
+    settled(&w).await;
+    let victim = w.fleet.instances[0].0.clone();
+    let json = held(&w, &victim, "deregister", "instance_refresh").await;
+    assert!(json.to_string().contains("InProgress"), "{json}");
+    eventually(
+        WAIT,
+        "status to show the refresh holding the group",
+        || async {
+            let out = w
+                .coordinator
+                .ctl(&w.pki.viewer(), &["--output", "json", "status"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            json["groups"]
+                .to_string()
+                .contains("instance refresh")
+                .then_some(())
+        },
+    )
+    .await;
+    w.agents[0].escalate("web", "3 restarts in 5m failed; HTTP check still failing");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.proxy.count("DeregisterTargets"), 0);
+    assert_eq!(w.proxy.count("SetInstanceHealth"), 0);
+
+    // The refresh ends: the remediation goes ahead.
+    w.proxy.answer("DescribeInstanceRefreshes", None);
+    eventually(WAIT, "the instance to be marked unhealthy", || async {
+        let q = w.moto.query(&w.fleet);
+        (asg_health(&q, &victim).as_deref() == Some("Unhealthy")).then_some(())
+    })
+    .await;
+    assert!(w.proxy.count("DeregisterTargets") > 0);
+}

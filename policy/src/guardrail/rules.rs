@@ -41,6 +41,14 @@ impl Rules<'_> {
             held.push(Guardrail::DryRun { asg: asg.clone() });
         }
         held.extend(self.brakes(asg, assessments));
+        // The group's own conditions, as its members carry them.
+        if let Some(inst) = self.fleet.in_asg(asg).find(|i| i.asg_instance.is_some()) {
+            held.extend(
+                self.asg_conditions(inst, Step::Deregister)
+                    .into_iter()
+                    .filter(|g| !matches!(g, Guardrail::AlreadyUnhealthy)),
+            );
+        }
         held.extend(self.asg_cooldown(book, asg, g));
         held.extend(self.max_concurrent(book, asg, g));
         held

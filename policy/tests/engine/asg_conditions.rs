@@ -85,6 +85,16 @@ fn an_instance_refresh_holds_destructive_steps_and_what_if_says_so() {
         "{}",
         d.reason
     );
+    let status = sim.engine.fleet_guardrails(
+        &sim.fleet,
+        &sim.book,
+        &autoheal_policy::AsgName::from("web"),
+        sim.now,
+    );
+    assert!(
+        status.iter().any(|g| g.name() == "instance_refresh"),
+        "{status:?}"
+    );
     let what = sim
         .engine
         .what_if(&sim.fleet, &sim.book, &id("web-1"), Step::Replace, sim.now)
