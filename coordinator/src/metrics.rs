@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
 }
@@ -70,6 +75,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub fencing_token: Gauge,
     pub tls_refused: Family<ReasonLabel, Counter>,
+    pub store_errors: Family<OperationLabel, Counter>,
     pub enrollments_denied: Family<ReasonLabel, Counter>,
     pub certificates_issued: Family<KindLabel, Counter>,
 }
@@ -104,6 +110,7 @@ impl Metrics {
             leader: Gauge::default(),
             fencing_token: Gauge::default(),
             tls_refused: Family::default(),
+            store_errors: Family::default(),
             enrollments_denied: Family::default(),
             certificates_issued: Family::default(),
             registry: Registry::default(),
@@ -175,6 +182,11 @@ impl Metrics {
             m.tls_refused.clone(),
         );
         r.register(
+            "store_errors",
+            "Store writes that failed outside the decision path (kept in memory, not in the store), by operation",
+            m.store_errors.clone(),
+        );
+        r.register(
             "enrollments_denied",
             "Enrollments and renewals refused, by the check that refused them",
             m.enrollments_denied.clone(),
@@ -190,7 +202,7 @@ impl Metrics {
                 kind: kind.to_owned(),
             });
         }
-        for reason in ["refused", "timeout"] {
+        for reason in ["refused", "timeout", "idle", "busy", "per-source"] {
             let _ = m.tls_refused.get_or_create_owned(&ReasonLabel {
                 reason: reason.to_owned(),
             });
@@ -277,6 +289,14 @@ impl Metrics {
         self.certificates_issued
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn store_error(&self, operation: &'static str) {
+        self.store_errors
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
             })
             .inc();
     }

@@ -6,7 +6,8 @@
 //! exactly one DeregisterTargets and one SetInstanceHealth for it.
 //!
 //! `AUTOHEAL_CHAOS_RUNS` sets the number of runs (default 10; the longer local mode is e.g.
-//! `AUTOHEAL_CHAOS_RUNS=100`).
+//! `AUTOHEAL_CHAOS_RUNS=100`). `AUTOHEAL_CHAOS_OLD_CONFIG=1` leaves out `[aws] max_backoff`, so
+//! the test can be run against a coordinator from before that key (to show what it catches).
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ asg_names = ["{name}"]
 interval = "200ms"
 call_timeout = "2s"
 max_attempts = 2
-max_backoff = "200ms"
+{max_backoff}
 
 [ladder]
 drain_timeout = "1s"
@@ -69,6 +70,11 @@ startup_grace = "0s"
 asg_cooldown = "0s"
 "#,
             endpoint = proxy.endpoint(),
+            max_backoff = if std::env::var_os("AUTOHEAL_CHAOS_OLD_CONFIG").is_some() {
+                ""
+            } else {
+                "max_backoff = \"200ms\""
+            },
         );
         let mut coordinator = Coordinator::start_with(&pki, &config, &free_addr(), AWS_ENV);
         let agents: Vec<SimAgent> = fleet

@@ -15,6 +15,7 @@ mod aws;
 mod chaos;
 mod demo;
 mod enroll;
+mod events;
 mod ha;
 mod lifecycle;
 mod metrics;

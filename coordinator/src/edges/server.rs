@@ -153,6 +153,12 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
             source,
         },
     )?;
+    match fleet.restore_events().await {
+        Ok(n) => tracing::info!(events = n, "fleet events restored from the store"),
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot read earlier fleet events yet")
+        }
+    }
     if let Err(error) = fleet.load_persisted().await {
         // A follower can serve without it, and the leader reloads at the start of its term.
         tracing::warn!(error = %crate::error_chain(&error), "cannot read the pause and skips yet");
@@ -408,7 +414,9 @@ async fn record_events(
         match event {
             Ok(event) => {
                 if let Err(error) = store.append_event(&event, ttl).await {
-                    tracing::debug!(error = %crate::error_chain(&error), "fleet event not kept in the store");
+                    // Not fatal (the event was broadcast and is in memory), but never silent.
+                    crate::metrics::global().store_error("append_event");
+                    tracing::warn!(cursor = event.cursor, error = %crate::error_chain(&error), "fleet event not kept in the store");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

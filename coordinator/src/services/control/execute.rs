@@ -43,7 +43,12 @@ impl Controller {
     ) -> policy::Outcome {
         let instance = d.instance.to_string();
         let step = step_of(action, self.replace_with(&instance));
-        let since = now_ms().saturating_sub(u64::try_from(DONE_WINDOW.as_millis()).unwrap_or(0));
+        // "Already done" means done for *this* remediation: a success journaled before it
+        // started (an earlier remediation of the same instance) does not count.
+        let since = self
+            .book
+            .in_flight_for(&d.instance)
+            .map_or_else(|| now_ms(), |r| r.started_at.as_millis());
         if let Some(done) = self.journal.succeeded_since(&instance, step, since) {
             tracing::info!(instance, step = step.as_str(), key = %done.key, "already done; not repeating");
             return done_outcome(action);

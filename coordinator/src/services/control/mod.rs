@@ -26,9 +26,6 @@ mod reconcile;
 mod snapshot;
 mod term;
 
-/// How far back a succeeded action in the journal stops the same action being taken again.
-const DONE_WINDOW: Duration = Duration::from_secs(3600);
-
 /// What the operator API needs to answer what-if and guardrail questions: the engine, the last
 /// snapshot it decided on, and the remediation book. Published after every pass.
 #[derive(Debug, Clone)]

@@ -86,6 +86,10 @@ impl Controller {
             tracing::warn!(%error, "cannot read the pause and skips at the start of a term; not acting");
             return false;
         }
+        // What the previous leader recorded is listed here too, and cursors continue after it.
+        if let Err(error) = self.fleet.restore_events().await {
+            tracing::warn!(%error, "cannot read earlier fleet events at the start of a term");
+        }
         // The ladders, cooldowns and concurrency slots of earlier terms.
         match self.store.remediations().await {
             Ok(stored) => {
@@ -260,11 +264,14 @@ impl Controller {
             policy::DecisionKind::Finished(e) => (EventKind::RemediationFinished, format!("{e:?}")),
         };
         let message = format!("{what}: {}", d.reason);
-        if self.last_said.get(d.instance.as_str()) == Some(&message) {
+        // One event per change of condition: the reason's figures (elapsed times, counts) move
+        // every pass and are not a change ("silent for 13s" and "silent for 14s" are one).
+        let condition = condition_of(&message);
+        if self.last_said.get(d.instance.as_str()) == Some(&condition) {
             return None;
         }
         self.last_said
-            .insert(d.instance.as_str().to_owned(), message.clone());
+            .insert(d.instance.as_str().to_owned(), condition);
         self.fleet.record_event(d.instance.as_str(), kind, message);
         if let policy::DecisionKind::WouldAct(action) = &d.kind {
             return Some(Entry {
@@ -299,4 +306,40 @@ pub(super) fn count_decision(decision: &policy::Decision) {
         policy::DecisionKind::Finished(_) => ("finished", Vec::new()),
     };
     crate::metrics::global().decision(kind, &held_by);
+}
+
+/// A message with every run of digits folded to `#`: what stays the same while a condition
+/// holds.
+fn condition_of(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_number = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() || (in_number && c == '.') {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::condition_of;
+
+    #[test]
+    fn a_condition_is_its_message_without_the_moving_figures() {
+        assert_eq!(
+            condition_of("alert: agent silent for 13.2s, ALB healthy"),
+            condition_of("alert: agent silent for 140.9s, ALB healthy")
+        );
+        assert_ne!(
+            condition_of("alert: agent silent"),
+            condition_of("guardrail: deregister held")
+        );
+    }
 }

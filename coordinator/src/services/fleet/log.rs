@@ -20,6 +20,33 @@ impl Fleet {
 
     /// Events after `cursor` still in the log, and a receiver for the ones to come. Subscribing
     /// under the lock means nothing falls between the two.
+    /// Brings back the events kept in the store (after a restart or on a new leader), so they
+    /// are listed and resumable; later cursors continue after them.
+    pub async fn restore_events(&self) -> Result<usize, crate::ports::store::StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let mut stored = store.recent_events(EVENT_LOG).await?;
+        stored.sort_by_key(|e| e.cursor);
+        let mut state = self.lock();
+        let known: std::collections::BTreeSet<u64> = state.log.iter().map(|e| e.cursor).collect();
+        let mut restored = 0;
+        let mut merged: Vec<FleetEvent> = state.log.drain(..).collect();
+        for event in stored {
+            if !known.contains(&event.cursor) {
+                merged.push(event);
+                restored += 1;
+            }
+        }
+        merged.sort_by_key(|e| e.cursor);
+        let skip = merged.len().saturating_sub(EVENT_LOG);
+        state.log = merged.into_iter().skip(skip).collect();
+        if let Some(last) = state.log.back().map(|e| e.cursor) {
+            state.next_cursor = state.next_cursor.max(last + 1);
+        }
+        Ok(restored)
+    }
+
     pub fn subscribe(&self, after: u64) -> (Vec<FleetEvent>, broadcast::Receiver<FleetEvent>) {
         let state = self.lock();
         let receiver = self.events.subscribe();
@@ -59,8 +86,35 @@ pub(super) fn push_event(
     kind: events::EventKind,
     message: String,
 ) {
-    let cursor = state.next_cursor;
-    state.next_cursor += 1;
+    push_event_at(state, events, instance_id, kind, message, SystemTime::now());
+}
+
+/// The next cursor: unix microseconds, or one past the last cursor if the clock has not moved
+/// on. Cursors so stay increasing across restarts and failovers (a client resuming with
+/// `--after` after a restart neither misses nor repeats events), not only within one process.
+pub(super) fn next_cursor(state: &mut State) -> u64 {
+    let now = u64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros()),
+    )
+    .unwrap_or(u64::MAX);
+    let cursor = now.max(state.next_cursor);
+    state.next_cursor = cursor + 1;
+    cursor
+}
+
+/// [`push_event`] for an event that happened at `at` (an agent's own event time, kept when the
+/// event is replayed after a reconnect).
+pub(super) fn push_event_at(
+    state: &mut State,
+    events: &broadcast::Sender<FleetEvent>,
+    instance_id: &str,
+    kind: events::EventKind,
+    message: String,
+    at: SystemTime,
+) {
+    let cursor = next_cursor(state);
     let asg = state
         .instances
         .get(instance_id)
@@ -68,7 +122,7 @@ pub(super) fn push_event(
         .unwrap_or_default();
     let event = FleetEvent {
         cursor,
-        at: SystemTime::now(),
+        at,
         instance_id: instance_id.to_owned(),
         asg,
         kind,

@@ -25,7 +25,7 @@ mod registry;
 
 use inventory::with_skip;
 pub use log::count_events;
-use log::push_event;
+use log::{push_event, push_event_at};
 
 /// How many fleet events are kept for `WatchEvents` resumption and `GetInstance`.
 const EVENT_LOG: usize = 10_000;

@@ -203,12 +203,13 @@ impl Fleet {
                 format!("events {first}..={last} never arrived"),
             );
         }
-        push_event(
+        push_event_at(
             &mut state,
             &self.events,
             &session.instance_id,
             events::EventKind::from(&event.kind),
             event.kind.describe(),
+            event.at,
         );
         Recorded::New { acked_seq }
     }
