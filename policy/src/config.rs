@@ -106,6 +106,9 @@ pub struct GuardrailConfig {
     /// `LadderConfig::alb_unhealthy_grace`). Default `false`: the agent knows the instance better
     /// than a single HTTP check, so the default is to alert.
     pub act_on_alb_unhealthy: bool,
+    /// Remediate instances protected from scale-in. Default `false`: someone protected it on
+    /// purpose (a long job, a stateful node), so autoheal holds and alerts instead.
+    pub replace_protected: bool,
 }
 
 impl GuardrailConfig {
@@ -153,6 +156,7 @@ impl Default for GuardrailConfig {
             flap_window: Self::FLAP_WINDOW,
             dry_run: false,
             act_on_alb_unhealthy: false,
+            replace_protected: false,
         }
     }
 }
@@ -175,6 +179,7 @@ pub struct GuardrailOverride {
     pub flap_window: Option<Duration>,
     pub dry_run: Option<bool>,
     pub act_on_alb_unhealthy: Option<bool>,
+    pub replace_protected: Option<bool>,
 }
 
 impl GuardrailOverride {
@@ -199,6 +204,7 @@ impl GuardrailOverride {
             act_on_alb_unhealthy: self
                 .act_on_alb_unhealthy
                 .unwrap_or(base.act_on_alb_unhealthy),
+            replace_protected: self.replace_protected.unwrap_or(base.replace_protected),
         }
     }
 }

@@ -152,6 +152,8 @@ pub enum Guardrail {
         /// The refresh's status (`InProgress`, `Pending`, …).
         status: String,
     },
+    /// The instance is protected from scale-in and the ASG's `replace_protected` is off.
+    ScaleInProtected,
     /// The ASG already holds the instance `Unhealthy` and will replace it on its own; it is not
     /// set again.
     AlreadyUnhealthy,
@@ -198,6 +200,7 @@ impl Guardrail {
             Guardrail::ProcessesSuspended { .. } => "processes_suspended",
             Guardrail::InstanceRefresh { .. } => "instance_refresh",
             Guardrail::AlreadyUnhealthy => "already_unhealthy",
+            Guardrail::ScaleInProtected => "scale_in_protected",
         }
     }
 
@@ -328,6 +331,10 @@ impl fmt::Display for Guardrail {
                 f,
                 "instance refresh: asg {asg} has an instance refresh {status}; it is replacing \
                  instances itself"
+            ),
+            Guardrail::ScaleInProtected => f.write_str(
+                "scale-in protected: someone protected this instance on purpose; set \
+                 replace_protected for its ASG to let autoheal replace it",
             ),
             Guardrail::AlreadyUnhealthy => f.write_str(
                 "already unhealthy: the ASG holds this instance Unhealthy and replaces it on its own",

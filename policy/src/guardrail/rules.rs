@@ -165,6 +165,9 @@ impl Rules<'_> {
         held.extend(brakes.iter().cloned());
         if step != Step::Ssm {
             held.extend(self.asg_conditions(inst, step));
+            if !g.replace_protected && inst.asg_instance.as_ref().is_some_and(|a| a.protected) {
+                held.push(Guardrail::ScaleInProtected);
+            }
         }
         if !continuing {
             let age = now.since(inst.launched_at);

@@ -211,3 +211,35 @@ fn standby_and_detaching_instances_are_never_acted_on() {
         }
     }
 }
+
+#[test]
+fn a_scale_in_protected_instance_is_held_unless_the_asg_allows_it() {
+    let mut sim = sim(&["tg"]);
+    sim.inst_mut("web-0")
+        .asg_instance
+        .as_mut()
+        .expect("asg view")
+        .protected = true;
+    sim.escalate("web-0", "api");
+    sim.advance(secs(5));
+    let plan = sim.decide();
+    let d = only(&plan, "web-0");
+    assert_eq!(held_by(d), vec!["scale_in_protected"]);
+    assert!(d.reason.contains("replace_protected"), "{}", d.reason);
+
+    let mut raw = RawConfig::default();
+    raw.guardrails.asg_cooldown = secs(0);
+    raw.asg.insert(
+        "web".into(),
+        autoheal_policy::GuardrailOverride {
+            replace_protected: Some(true),
+            ..Default::default()
+        },
+    );
+    sim.engine = autoheal_policy::Engine::new(Config::try_new(raw).expect("valid"));
+    let plan = sim.decide();
+    assert!(matches!(
+        only(&plan, "web-0").kind,
+        DecisionKind::Act(Action::Deregister { .. })
+    ));
+}

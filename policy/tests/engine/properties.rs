@@ -51,6 +51,8 @@ enum Event {
     Group(usize, u8, bool, u64),
     /// The ASG marks an instance unhealthy (or healthy again).
     AsgHealth(usize, bool),
+    /// Scale-in protection on or off.
+    Protect(usize, bool),
 }
 
 const PROCESSES: [ScalingProcess; 4] = [
@@ -126,6 +128,7 @@ fn guardrails() -> impl Strategy<Value = GuardrailConfig> {
             flap_window: secs(600),
             dry_run: false,
             act_on_alb_unhealthy: act_on_alb,
+            replace_protected: false,
         },
     )
 }
@@ -184,7 +187,8 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0usize..3).prop_map(Event::ToggleDryRun),
         1 => (0usize..3, 0u8..16, prop::bool::weighted(0.3), prop_oneof![Just(0u64), 0u64..900])
             .prop_map(|(a, m, r, g)| Event::Group(a, m, r, g)),
-        1 => (i, prop::bool::weighted(0.5)).prop_map(|(i, u)| Event::AsgHealth(i, u)),
+        1 => (i.clone(), prop::bool::weighted(0.5)).prop_map(|(i, u)| Event::AsgHealth(i, u)),
+        1 => (i, prop::bool::weighted(0.3)).prop_map(|(i, p)| Event::Protect(i, p)),
     ]
 }
 
@@ -340,6 +344,11 @@ fn apply(sim: &mut Sim, event: &Event, g: &GuardrailConfig, dry_run: &mut [bool;
                 {
                     a.group = conditions.clone();
                 }
+            }
+        }
+        Event::Protect(i, protected) => {
+            if let Some(a) = sim.inst_mut(&name(*i)).asg_instance.as_mut() {
+                a.protected = *protected;
             }
         }
         Event::AsgHealth(i, unhealthy) => {
@@ -755,6 +764,19 @@ proptest! {
             let mut book = p.before.clone();
             let plan = p.engine.decide_assessed(p.fleet, &stale, &mut book, p.now);
             prop_assert_eq!(&plan, p.plan);
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn never_a_destructive_step_on_a_scale_in_protected_instance(s in scenario()) {
+        drive(&s, |p| {
+            for (id, _, action) in p.acts() {
+                let inst = p.fleet.instance(id).expect("acted-on instance is in the fleet");
+                let protected = inst.asg_instance.as_ref().is_some_and(|a| a.protected);
+                prop_assert!(matches!(action, Action::SsmRemediate) || !protected,
+                    "{} {:?} while protected from scale-in", id, action);
+            }
             Ok(())
         })?;
     }

@@ -27,6 +27,7 @@ pub(super) struct RawGuard {
     flap_transitions: Option<u32>,
     flap_window: Option<String>,
     act_on_alb_unhealthy: Option<bool>,
+    replace_protected: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -66,6 +67,7 @@ pub(super) fn guard_override(
         flap_window: d("flap_window", &raw.flap_window),
         dry_run: None,
         act_on_alb_unhealthy: raw.act_on_alb_unhealthy,
+        replace_protected: raw.replace_protected,
     }
 }
 
