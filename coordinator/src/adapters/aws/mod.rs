@@ -229,10 +229,15 @@ impl AwsSettings {
     }
 }
 
+/// A unit name (from an agent's Hello) that may not reach a shell.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unit name {0:?} is not a plain systemd unit name")]
+pub struct UnsafeUnit(pub String);
+
 /// The fixed SSM remediation script: restart the agent, then each declared unit. Unit names come
 /// from the agent's Hello, but only names made of a safe alphabet get in — nothing from the wire
 /// reaches the shell unchecked.
-pub fn remediation_script(units: &[String]) -> Result<Vec<String>, String> {
+pub fn remediation_script(units: &[String]) -> Result<Vec<String>, UnsafeUnit> {
     let mut commands = vec!["systemctl restart autoheal-agent.service".to_owned()];
     for unit in units {
         let safe = !unit.is_empty()
@@ -242,9 +247,7 @@ pub fn remediation_script(units: &[String]) -> Result<Vec<String>, String> {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@' | b':')
             });
         if !safe {
-            return Err(format!(
-                "unit name {unit:?} is not a plain systemd unit name"
-            ));
+            return Err(UnsafeUnit(autoheal_common::config::prefix(unit)));
         }
         commands.push(format!("systemctl restart -- {unit}"));
     }

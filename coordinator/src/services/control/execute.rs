@@ -98,8 +98,10 @@ impl Controller {
             Ok((detail, outcome)) => (Phase::Succeeded, detail, outcome),
             Err(error) => (
                 Phase::Failed,
-                error.clone(),
-                policy::Outcome::Failed { error },
+                error.to_string(),
+                policy::Outcome::Failed {
+                    error: error.to_string(),
+                },
             ),
         };
         let entry = Entry {
@@ -127,7 +129,7 @@ impl Controller {
         action: &policy::Action,
         key: &str,
         fence: &dyn Fence,
-    ) -> Result<(String, policy::Outcome), String> {
+    ) -> Result<(String, policy::Outcome), CallError> {
         match action {
             policy::Action::Deregister { target_groups } => {
                 for tg in target_groups {
@@ -135,7 +137,7 @@ impl Controller {
                         .lb
                         .deregister(tg.as_str(), instance, fence)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(CallError::Aws)?;
                 }
                 Ok((
                     format!(
@@ -158,13 +160,13 @@ impl Controller {
                         .groups
                         .mark_unhealthy(instance, self.settings.respect_grace, fence)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(CallError::Aws)?,
                     ReplaceWith::Terminate => self
                         .hands
                         .groups
                         .terminate(instance, fence)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(CallError::Aws)?,
                 }
                 Ok((
                     "replacement requested from the auto scaling group".to_owned(),
@@ -178,13 +180,13 @@ impl Controller {
                     .and_then(|r| r.agent)
                     .map(|a| a.declared.iter().filter_map(|s| s.unit.clone()).collect())
                     .unwrap_or_default();
-                let script = aws::remediation_script(&units)?;
+                let script = aws::remediation_script(&units).map_err(CallError::Script)?;
                 let command = self
                     .hands
                     .commands
                     .run(instance, &script, &format!("autoheal {key}"), fence)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(CallError::Aws)?;
                 self.pending_commands
                     .insert(instance.to_owned(), (key.to_owned(), command.clone()));
                 Ok((
@@ -415,4 +417,14 @@ pub(super) fn done_outcome(action: &policy::Action) -> policy::Outcome {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why a step's AWS call did not happen: AWS said no (with whether retrying could help, and
+/// whether the fence stopped it), or the request could not be built safely.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CallError {
+    #[error(transparent)]
+    Aws(crate::ports::aws::AwsError),
+    #[error(transparent)]
+    Script(aws::UnsafeUnit),
 }
