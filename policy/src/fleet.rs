@@ -354,6 +354,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scaling_processes_map_aws_names_and_back() {
+        for name in [
+            "Launch",
+            "Terminate",
+            "ReplaceUnhealthy",
+            "HealthCheck",
+            "AZRebalance",
+            "InstanceRefresh",
+            "ScheduledActions",
+        ] {
+            assert_eq!(ScalingProcess::from_aws(name).to_string(), name);
+        }
+        let mut c = AsgConditions::default();
+        assert!(c.can_replace() && c.replaces_unhealthy());
+        c.suspended.insert(ScalingProcess::ReplaceUnhealthy);
+        assert!(c.can_replace() && !c.replaces_unhealthy());
+        c.suspended.insert(ScalingProcess::Launch);
+        assert!(!c.can_replace());
+    }
+
+    #[test]
     fn lifecycle_maps_aws_sub_states() {
         assert_eq!(Lifecycle::from_aws("Pending:Wait"), Lifecycle::Pending);
         assert_eq!(
