@@ -18,11 +18,12 @@ use autoheal_tests::{
 use autohealctl::pki::Validity;
 
 const WAIT: Duration = Duration::from_secs(60);
-/// The longest the proxy holds a destructive call before forwarding it.
-const CALL_DELAY: Duration = Duration::from_millis(700);
+/// The longest the proxy holds a destructive call before forwarding it: longer than a restart
+/// takes, so a restarted coordinator meets calls its dead predecessor still has in flight.
+const CALL_DELAY: Duration = Duration::from_millis(1800);
 /// Kills land uniformly in this span after the escalation: it covers the whole remediation
 /// (deregister, drain, replace) with the delays above.
-const KILL_SPAN: Duration = Duration::from_millis(3500);
+const KILL_SPAN: Duration = Duration::from_millis(5000);
 
 fn runs() -> usize {
     std::env::var("AUTOHEAL_CHAOS_RUNS")
@@ -58,7 +59,7 @@ region = "us-east-1"
 endpoint = "{endpoint}"
 asg_names = ["{name}"]
 interval = "200ms"
-call_timeout = "2s"
+call_timeout = "2500ms"
 max_attempts = 2
 {max_backoff}
 
@@ -143,6 +144,12 @@ asg_cooldown = "0s"
              DeregisterTargets and {replaced} SetInstanceHealth for {victim}\n{}",
             coordinator.log()
         );
+        if std::env::var_os("AUTOHEAL_CHAOS_VERBOSE").is_some() {
+            eprintln!(
+                "run {run}: killed after {kill_after:?}\n{}",
+                coordinator.log()
+            );
+        }
         drop(agents);
         drop(coordinator);
     }

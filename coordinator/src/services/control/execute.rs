@@ -48,7 +48,7 @@ impl Controller {
         let since = self
             .book
             .in_flight_for(&d.instance)
-            .map_or_else(|| now_ms(), |r| r.started_at.as_millis());
+            .map_or_else(now_ms, |r| r.started_at.as_millis());
         if let Some(done) = self.journal.succeeded_since(&instance, step, since) {
             tracing::info!(instance, step = step.as_str(), key = %done.key, "already done; not repeating");
             return done_outcome(action);
