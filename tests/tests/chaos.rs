@@ -9,7 +9,7 @@
 //! `AUTOHEAL_CHAOS_RUNS=100`). `AUTOHEAL_CHAOS_OLD_CONFIG=1` leaves out `[aws] max_backoff`, so
 //! the test can be run against a coordinator from before that key (to show what it catches).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autoheal_proto::identity::Role;
 use autoheal_tests::{
@@ -100,19 +100,17 @@ asg_cooldown = "0s"
         let victim = fleet.instances[0].0.clone();
         let kill_after = KILL_SPAN.mul_f64(rand::random::<f64>());
         agents[0].escalate("web", "restarts exhausted");
-        let escalated = Instant::now();
         tokio::time::sleep(kill_after).await;
         // A call that reached the proxy but not yet AWS is in flight at the kill.
         let reached = proxy.count("DeregisterTargets") + proxy.count("SetInstanceHealth");
         let accepted = proxy.accepted_for("DeregisterTargets", &victim)
             + proxy.accepted_for("SetInstanceHealth", &victim);
         coordinator.restart();
-        let _ = escalated;
         if reached > 0 && usize::try_from(reached).unwrap_or(0) > accepted {
             in_flight_kills += 1;
         }
 
-        let done = eventually(
+        eventually(
             WAIT,
             "the victim deregistered and marked unhealthy",
             || async {
@@ -132,7 +130,6 @@ asg_cooldown = "0s"
             },
         )
         .await;
-        let _ = done;
         // Let any call the dead process left in the proxy land, and the new one settle.
         tokio::time::sleep(CALL_DELAY + Duration::from_millis(500)).await;
         let deregistered = proxy.accepted_for("DeregisterTargets", &victim);
