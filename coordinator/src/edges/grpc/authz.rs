@@ -167,7 +167,10 @@ mod tests {
         let reset = "/autoheal.v1.EnrollmentAdmin/ResetEnrollment";
         let deny = "/autoheal.v1.EnrollmentAdmin/DenyEnrollment";
         assert!(authorize(&instance, renew).is_ok());
-        assert!(authorize(&instance, enroll).is_err(), "enrollment has its own listener");
+        assert!(
+            authorize(&instance, enroll).is_err(),
+            "enrollment has its own listener"
+        );
         assert!(authorize(&operator, renew).is_err());
         assert!(authorize(&instance, list).is_err());
         assert!(authorize(&viewer, list).is_ok());
