@@ -44,3 +44,6 @@ pub mod tree;
 
 pub use agent::Agent;
 pub use config::Config;
+
+#[cfg(test)]
+mod https_tests;
