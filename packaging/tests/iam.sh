@@ -46,8 +46,8 @@ roles=("$repo"/packaging/iam/*.json)
 check "no wildcard actions" not grep -hE '"[a-z0-9-]+:[A-Za-z]*\*' "${roles[@]}"
 check "no NotAction / NotResource" not grep -hE '"Not(Action|Resource)"' "${roles[@]}"
 task=$repo/packaging/iam/coordinator-task-role.json
-star_ok='["autoscaling:DescribeAutoScalingGroups","autoscaling:DescribeInstanceRefreshes","elasticloadbalancing:DescribeTargetGroupAttributes","elasticloadbalancing:DescribeTargetHealth","ssm:GetCommandInvocation"]'
-check "task role: Resource * only for the 5 actions that take no ARN" \
+star_ok='["autoscaling:DescribeAutoScalingGroups","autoscaling:DescribeInstanceRefreshes","ec2:DescribeInstances","elasticloadbalancing:DescribeTargetGroupAttributes","elasticloadbalancing:DescribeTargetHealth","ssm:GetCommandInvocation"]'
+check "task role: Resource * only for the 6 actions that take no ARN" \
   is "$(jq -c '[.Statement[] | select(.Resource == "*") | .Action] | flatten | sort' "$task")" "$star_ok"
 check "task role: ASG and target-group changes need the autoheal:enabled=true tag" \
   is "$(jq -c '[.Statement[] | select(.Sid == "ReplaceOnlyInTaggedGroups" or .Sid == "DeregisterOnlyFromTaggedTargetGroups") | .Condition.StringEquals | to_entries[0].value]' "$task")" '["true","true"]'

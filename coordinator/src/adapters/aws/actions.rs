@@ -7,6 +7,8 @@ pub const COORDINATOR_ACTIONS: &[&str] = &[
     "autoscaling:DescribeAutoScalingGroups",
     // An instance refresh under way holds destructive steps in its group.
     "autoscaling:DescribeInstanceRefreshes",
+    // Enrollment: the instance behind an identity document is pending or running.
+    "ec2:DescribeInstances",
     // Replacement.
     "autoscaling:SetInstanceHealth",
     "autoscaling:TerminateInstanceInAutoScalingGroup",
