@@ -6,6 +6,7 @@
 mod abuse;
 mod agent;
 mod agent_cli;
+mod agent_exit;
 mod agent_healing;
 mod agent_lifecycle;
 mod agent_metrics;
