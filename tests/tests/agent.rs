@@ -15,6 +15,19 @@ use rustix::process::Signal;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The coordinator's recorded events for our instance, as (kind, message).
+/// Only what the agent sent (not the coordinator's own agent-* or events-missing notes).
+fn agent_sent(events: Vec<(String, String)>) -> Vec<(String, String)> {
+    events
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "check-changed" | "service-state-changed" | "restart-attempted"
+            )
+        })
+        .collect()
+}
+
 async fn coordinator_events(coordinator: &Coordinator, pki: &Pki) -> Vec<(String, String)> {
     let endpoint = coordinator.endpoint();
     let files = pki.viewer();
@@ -135,6 +148,8 @@ timeout = "300ms"
     .await;
     // Everything so far is acknowledged: only what happens from here on must be replayed.
     while tap.try_recv().is_ok() {}
+    // The coordinator keeps its events across a restart: what it holds now comes before.
+    let earlier = agent_sent(coordinator_events(&coordinator, &pki).await).len();
 
     // The coordinator goes away; the agent keeps healing.
     let _ = coordinator.child.kill();
@@ -179,16 +194,9 @@ timeout = "300ms"
             _ => "other",
         });
     }
-    let recorded: Vec<(String, String)> = coordinator_events(&coordinator, &pki)
-        .await
+    let recorded: Vec<(String, String)> = agent_sent(coordinator_events(&coordinator, &pki).await)
         .into_iter()
-        // Only what the agent sent (not the coordinator's own agent-* or events-missing notes).
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "check-changed" | "service-state-changed" | "restart-attempted"
-            )
-        })
+        .skip(earlier)
         .collect();
     let kinds: Vec<&str> = recorded.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, emitted, "recorded {recorded:#?}");
