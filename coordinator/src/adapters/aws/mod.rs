@@ -213,9 +213,25 @@ where
                 fenced: false,
             });
         }
-        crate::metrics::global().aws_call(operation, "retried");
         let wait =
             autoheal_common::backoff::random(attempt, settings.base_backoff, settings.max_backoff);
+        // No point waiting for a retry the fence will not let out.
+        let after_wait = tokio::time::Instant::now() + wait + MIN_ATTEMPT;
+        if fence
+            .act_deadline()
+            .is_none_or(|deadline| after_wait > deadline)
+        {
+            crate::metrics::global().aws_call(operation, "fenced");
+            return Err(AwsError {
+                operation,
+                message: format!("{message}; not retried: this coordinator may not lead by then"),
+                code,
+                retryable,
+                attempts: attempt,
+                fenced: true,
+            });
+        }
+        crate::metrics::global().aws_call(operation, "retried");
         tracing::warn!(operation, attempt, error = %message, ?wait, "AWS call failed; retrying");
         tokio::time::sleep(wait).await;
     }
