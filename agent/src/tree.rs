@@ -69,6 +69,8 @@ pub struct Tree {
     leader: Option<i32>,
     /// Every process seen with the mark or in the group, so its zombie can be reaped.
     known: BTreeSet<i32>,
+    /// Whether the main process's group was last seen to be ours (see [`Tree::members`]).
+    group_ours: bool,
     me: i32,
 }
 
@@ -81,6 +83,7 @@ impl Tree {
             value,
             leader: None,
             known: BTreeSet::new(),
+            group_ours: false,
             me,
         }
     }
@@ -100,9 +103,14 @@ impl Tree {
             .is_ok_and(|env| env.windows(self.needle.len()).any(|w| w == self.needle))
     }
 
-    /// The live processes of the tree other than the main process; remembers them.
+    /// The live processes of the tree other than the main process; remembers them. The main
+    /// process's group counts only while it is provably ours (the main process, or one process
+    /// in the group, carries our mark): once the group is empty its id may be reused by an
+    /// unrelated group, which must never be signalled.
     pub fn members(&mut self) -> Vec<i32> {
         let mut live = Vec::new();
+        let mut group = Vec::new();
+        let mut marked_in_group = false;
         for pid in pids() {
             if pid == self.me || Some(pid) == self.leader {
                 continue;
@@ -111,20 +119,32 @@ impl Tree {
             if st.zombie {
                 continue;
             }
-            if self.leader.is_some_and(|l| st.pgrp == l) || self.marked(pid) {
-                self.known.insert(pid);
+            let marked = self.marked(pid);
+            if self.leader.is_some_and(|l| st.pgrp == l) {
+                marked_in_group |= marked;
+                group.push(pid);
+            } else if marked {
                 live.push(pid);
             }
+        }
+        self.group_ours = marked_in_group || self.leader.is_some_and(|l| self.marked(l));
+        if self.group_ours {
+            live.extend(group);
+        }
+        for pid in &live {
+            self.known.insert(*pid);
         }
         live
     }
 
     /// Sends `sig` to the main process's group and to every member found.
     fn signal_all(&mut self, sig: Signal) -> usize {
-        if let Some(l) = self.leader.and_then(Pid::from_raw) {
+        let members = self.members();
+        if self.group_ours
+            && let Some(l) = self.leader.and_then(Pid::from_raw)
+        {
             let _ = rustix::process::kill_process_group(l, sig);
         }
-        let members = self.members();
         for pid in &members {
             if let Some(p) = Pid::from_raw(*pid) {
                 let _ = rustix::process::kill_process(p, sig);
