@@ -11,9 +11,7 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -25,13 +23,11 @@ use autoheal_proto::v1::{
 };
 use rustls::ServerConfig;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, mpsc},
 };
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::server::Connected};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::PeerInfo;
@@ -54,47 +50,8 @@ pub struct EnrollPeer {
     pub remote: SocketAddr,
 }
 
-#[derive(Debug)]
-pub struct EnrollStream {
-    tls: TlsStream<TcpStream>,
-    peer: EnrollPeer,
-}
-
-impl Connected for EnrollStream {
-    type ConnectInfo = EnrollPeer;
-
-    fn connect_info(&self) -> EnrollPeer {
-        self.peer
-    }
-}
-
-impl AsyncRead for EnrollStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for EnrollStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
-    }
-}
+/// An enrollment connection: server-side TLS only, the peer known by its address.
+pub type EnrollStream = super::listener::TlsConn<EnrollPeer>;
 
 /// Accepts enrollment connections: handshakes bounded in time and number, and refused at once
 /// for a source over its rate.
@@ -148,7 +105,7 @@ impl EnrollListener {
                             let _ = tx
                                 .send(Ok(EnrollStream {
                                     tls,
-                                    peer: EnrollPeer { remote },
+                                    info: EnrollPeer { remote },
                                 }))
                                 .await;
                         }

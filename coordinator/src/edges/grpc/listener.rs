@@ -39,22 +39,27 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
 }
 
-/// A TLS connection whose client certificate has been verified.
+/// A server-side TLS connection and what is known of its peer (`I`), handed to tonic as connect
+/// info. One type for both listeners: the agent port's (a verified SPIFFE identity) and the
+/// enrollment port's (an address only).
 #[derive(Debug)]
-pub struct PeerStream {
-    tls: TlsStream<TcpStream>,
-    info: PeerInfo,
+pub struct TlsConn<I> {
+    pub(super) tls: TlsStream<TcpStream>,
+    pub(super) info: I,
 }
 
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
+/// A TLS connection whose client certificate has been verified.
+pub type PeerStream = TlsConn<PeerInfo>;
 
-    fn connect_info(&self) -> PeerInfo {
+impl<I: Clone + Send + Sync + 'static> Connected for TlsConn<I> {
+    type ConnectInfo = I;
+
+    fn connect_info(&self) -> I {
         self.info.clone()
     }
 }
 
-impl AsyncRead for PeerStream {
+impl<I: Unpin> AsyncRead for TlsConn<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -64,7 +69,7 @@ impl AsyncRead for PeerStream {
     }
 }
 
-impl AsyncWrite for PeerStream {
+impl<I: Unpin> AsyncWrite for TlsConn<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
