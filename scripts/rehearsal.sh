@@ -88,8 +88,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 python3 -c 'import moto, boto3' 2>/dev/null || { echo "rehearsal: moto[server] missing: run scripts/setup.sh" >&2; exit 2; }
+# The binaries cargo built, wherever its target folder is.
+bin=${CARGO_TARGET_DIR:-target}/debug
 for b in autoheal-coordinator autoheal-agent autohealctl; do
-  [ -x "target/debug/$b" ] || cargo build -q -p "$b" --bins || exit 2
+  [ -x "$bin/$b" ] || cargo build -q -p "$b" --bins || exit 2
 done
 ensure_venv
 
@@ -162,14 +164,14 @@ python3 "$here/ecs_metadata.py" --listen "10.99.0.1:$md_port" --service "$servic
 pids+=($!)
 
 # --- PKI: a coordinator certificate for both task IPs, an agent one for the instance ------------
-target/debug/autohealctl certs init "$work/pki" --trust-domain "$trust_domain" --san 10.99.0.2 --san 10.99.0.3 \
+"$bin/autohealctl" certs init "$work/pki" --trust-domain "$trust_domain" --san 10.99.0.2 --san 10.99.0.3 \
   --instance "$iid" >/dev/null || die "autohealctl certs init"
-ctl() { target/debug/autohealctl --pki "$work/pki" --endpoint "$1:7443" "${@:2}"; }
+ctl() { "$bin/autohealctl" --pki "$work/pki" --endpoint "$1:7443" "${@:2}"; }
 
 # --- the tasks ---------------------------------------------------------------------------------
 phase "two coordinator tasks"
 image=$work/image
-install -D -m 0755 target/debug/autoheal-coordinator "$image/usr/local/bin/autoheal-coordinator"
+install -D -m 0755 "$bin/autoheal-coordinator" "$image/usr/local/bin/autoheal-coordinator"
 install -D -m 0555 packaging/coordinator/tls-init.sh "$image/usr/local/bin/tls-init"
 # Parameter Store and Secrets Manager, as the README's step 3 fills them.
 cp "$work/config.toml" "$work/param-config.toml"
@@ -332,8 +334,8 @@ TOML
 install -D -m 0644 "$here/probe.py" "$R/usr/local/lib/autoheal-rehearsal/probe.py"
 
 phase "build the Distributor package"
-packaging/build-ssm-package.sh --out "$work/pkg-1" target/debug/autoheal-agent >/dev/null || die "build-ssm-package.sh"
-packaging/build-ssm-package.sh --out "$work/pkg-2" --version 0.1.1-rehearsal target/debug/autoheal-agent >/dev/null || die "build-ssm-package.sh (upgrade)"
+packaging/build-ssm-package.sh --out "$work/pkg-1" "$bin/autoheal-agent" >/dev/null || die "build-ssm-package.sh"
+packaging/build-ssm-package.sh --out "$work/pkg-2" --version 0.1.1-rehearsal "$bin/autoheal-agent" >/dev/null || die "build-ssm-package.sh (upgrade)"
 for v in 1 2; do
   mkdir -p "$R/root/pkg-$v" && unzip -q "$work/pkg-$v/autoheal-agent-linux-x86_64.zip" -d "$R/root/pkg-$v" || die "unzip package $v"
 done
